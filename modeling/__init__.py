@@ -1,0 +1,1 @@
+"""Networks for scale-permuted backbones: plain Keras 3 (TF backend), no gin, no I/O."""
