@@ -1,0 +1,1 @@
+"""tf.data input pipelines: readers, tf.Example decoders, parsers, dataset makers."""

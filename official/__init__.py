@@ -1,0 +1,1 @@
+"""Runtime around the models: training, evaluation, export (the entry points)."""

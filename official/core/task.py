@@ -1,0 +1,71 @@
+"""The contract between the trainer and a task.
+
+A task (classification, RetinaNet, ...) owns everything specific to a problem:
+the model, the input pipeline, the losses and the evaluation. The trainer owns
+everything generic: strategy, optimizer, schedule, weight decay, checkpoints,
+summaries, logging. Tasks are gin-configurable subclasses of `Task`.
+
+Distribution rules a task must follow:
+- `build_model` is called inside `strategy.scope()`.
+- `build_inputs` is called once per input pipeline (tf.distribute), and batches
+  by the per-replica batch size `input_context.get_per_replica_batch_size`.
+  Shapes are static. Training datasets repeat forever; evaluation datasets
+  make one pass and pad the last batch, marking padding with labels["valid"]
+  = False (so every batch has the same shape and nothing is counted twice).
+- `compute_losses` runs in replica context; each returned loss is this
+  replica's share of the global mean, i.e. sum over local examples divided by
+  the *global* batch size, so that summing over replicas gives the mean.
+"""
+
+import abc
+
+
+class Evaluator(abc.ABC):
+  """Accumulates evaluation outputs on the host, with bounded memory."""
+
+  @abc.abstractmethod
+  def reset(self):
+    """Forgets everything seen so far."""
+
+  @abc.abstractmethod
+  def update(self, outputs):
+    """Adds one global batch: dict name -> numpy array [batch, ...]."""
+
+  @abc.abstractmethod
+  def result(self):
+    """Returns dict metric name -> float."""
+
+
+class Task(abc.ABC):
+  """Base class of tasks. Subclasses are gin-configurable.
+
+  Attributes a subclass sets:
+    num_train_examples: examples in one training epoch (to turn epochs into steps).
+    num_eval_examples: examples in the evaluation split (for progress output).
+  """
+
+  num_train_examples = None
+  num_eval_examples = None
+
+  def prepare_data(self):
+    """Creates missing generated datasets (e.g. the digits records). Host only."""
+
+  @abc.abstractmethod
+  def build_model(self):
+    """Returns a keras.Model: model(features, training) -> outputs."""
+
+  @abc.abstractmethod
+  def build_inputs(self, training, global_batch_size, input_context=None):
+    """Returns a tf.data.Dataset of (features, labels) per-replica batches."""
+
+  @abc.abstractmethod
+  def compute_losses(self, outputs, labels, global_batch_size):
+    """Returns dict name -> scalar float32 loss; must contain "total_loss"."""
+
+  @abc.abstractmethod
+  def eval_outputs(self, outputs, labels):
+    """Returns dict name -> tensor [per_replica_batch, ...] for the evaluator."""
+
+  @abc.abstractmethod
+  def build_evaluator(self):
+    """Returns an Evaluator."""
