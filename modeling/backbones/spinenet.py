@@ -147,6 +147,7 @@ def check_input_size(image_size, max_level):
           "e.g. " f"{max(stride, (int(side or stride) // stride) * stride)}.")
 
 
+@keras.saving.register_keras_serializable(package="spinenet")
 class SpineNet(keras.Model):
   """Scale-permuted backbone.
 

@@ -102,6 +102,7 @@ class _ResidualBase(keras.layers.Layer):
     return config
 
 
+@keras.saving.register_keras_serializable(package="spinenet")
 class ResidualBlock(_ResidualBase):
   """Two 3x3 convolutions; output width = filters."""
 
@@ -112,6 +113,7 @@ class ResidualBlock(_ResidualBase):
             self._conv(self.filters, 3, 1, None, "conv_2")]
 
 
+@keras.saving.register_keras_serializable(package="spinenet")
 class BottleneckBlock(_ResidualBase):
   """1x1 -> 3x3 (strided) -> 1x1 expansion; output width = 4 * filters."""
 
@@ -123,6 +125,7 @@ class BottleneckBlock(_ResidualBase):
             self._conv(self.output_filters, 1, 1, None, "conv_3")]
 
 
+@keras.saving.register_keras_serializable(package="spinenet")
 class ResNeXtBlock(_ResidualBase):
   """ResNeXt bottleneck with a grouped 3x3 conv; output width = 4 * filters.
 

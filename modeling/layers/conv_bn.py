@@ -22,6 +22,7 @@ def batch_norm(momentum=0.99, epsilon=1e-3, synchronized=False, name=None):
       momentum=momentum, epsilon=epsilon, synchronized=synchronized, name=name)
 
 
+@keras.saving.register_keras_serializable(package="spinenet")
 class ConvBNAct(keras.layers.Layer):
   """Conv2D (no bias) -> BatchNorm -> optional activation.
 

@@ -8,6 +8,7 @@ from modeling.layers import activations
 FUSION_MODES = ("sum", "weighted")
 
 
+@keras.saving.register_keras_serializable(package="spinenet")
 class BlockFusion(keras.layers.Layer):
   """Merges N same-shape feature maps [batch, H, W, C] into one, then activates.
 

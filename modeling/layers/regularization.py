@@ -17,6 +17,7 @@ def stochastic_depth_rate(init_rate, block_index, num_blocks):
   return init_rate * float(block_index) / float(num_blocks)
 
 
+@keras.saving.register_keras_serializable(package="spinenet")
 class StochasticDepth(keras.layers.Layer):
   """Drops a whole residual branch per sample with probability `rate`.
 
@@ -40,12 +41,16 @@ class StochasticDepth(keras.layers.Layer):
     keep = tf.floor(keep_prob + tf.random.uniform(mask_shape, dtype=tf.float32))
     return inputs / tf.cast(keep_prob, inputs.dtype) * tf.cast(keep, inputs.dtype)
 
+  def compute_output_shape(self, input_shape):
+    return input_shape
+
   def get_config(self):
     config = super().get_config()
     config.update(rate=self.rate)
     return config
 
 
+@keras.saving.register_keras_serializable(package="spinenet")
 class DropBlock(keras.layers.Layer):
   """DropBlock (Ghiasi et al. 2018) on [batch, height, width, channels] maps.
 
@@ -90,6 +95,9 @@ class DropBlock(keras.layers.Layer):
                                                        tf.float32)
     scale = 1.0 / tf.maximum(kept_fraction, 1e-6)
     return inputs * tf.cast(keep_mask * scale, inputs.dtype)
+
+  def compute_output_shape(self, input_shape):
+    return input_shape
 
   def get_config(self):
     config = super().get_config()

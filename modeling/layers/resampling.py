@@ -37,6 +37,7 @@ def nearest_resize(inputs, target_height, target_width):
   return tf.cast(resized, inputs.dtype)
 
 
+@keras.saving.register_keras_serializable(package="spinenet")
 class NearestUpsampling(keras.layers.Layer):
   """Nearest-neighbour upsampling to a fixed (height, width)."""
 
@@ -56,6 +57,7 @@ class NearestUpsampling(keras.layers.Layer):
     return config
 
 
+@keras.saving.register_keras_serializable(package="spinenet")
 class SpineNetResample(keras.layers.Layer):
   """Resamples [batch, H_in, W_in, C_in] to [batch, H_t, W_t, target_filters].
 
