@@ -1,0 +1,203 @@
+"""RetinaNet head: class and box subnets shared across levels (REFERENCE §4).
+
+Lin et al., "Focal Loss for Dense Object Detection" (2017), with the
+SpineNet/Model Garden variant of batch norm: the conv weights of each subnet
+are shared by every level, but each level has its own batch norm after each
+conv (feature statistics differ from level to level).
+
+Choices written down here as the project rule:
+- With use_separable_conv the prediction convs are separable too (depthwise
+  3x3 initialised N(0, 0.01), pointwise N(0, 1e-5)), as in the mobile and
+  efficient SpineNet models.
+- The prediction convs compute in the layer's compute dtype (bfloat16 under
+  mixed_bfloat16: they are about a fifth of the detector's multiply-adds) and
+  their outputs are cast to float32, so logits and losses are float32.
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+
+from modeling.layers import activations
+from modeling.layers.conv_bn import batch_norm
+
+_PRIOR_PROBABILITY = 0.01
+
+
+def class_prior_bias(prior=_PRIOR_PROBABILITY):
+  """-log((1 - prior) / prior): the bias giving every class score `prior`."""
+  return -math.log((1.0 - prior) / prior)
+
+
+@keras.saving.register_keras_serializable(package="spinenet")
+class RetinaNetHead(keras.layers.Layer):
+  """Dense class and box predictions for every anchor of every level.
+
+  Input: dict str(level) -> [batch, H_l, W_l, C] for (at least) levels
+  min_level..max_level, same C at every level. Output: a tuple
+  (cls_outputs, box_outputs) of dicts str(level) -> float32
+  [batch, H_l, W_l, A * num_classes] logits and [batch, H_l, W_l, A * 4]
+  box deltas (Faster R-CNN encoding), for levels min_level..max_level; the
+  channels are anchor major (channel a * num_classes + c is class c of
+  anchor a, in the anchor order of modeling.ops.anchors).
+
+  Args:
+    min_level, max_level: levels to predict on.
+    num_classes: logit columns per anchor, background column 0 included
+      (COCO: 91).
+    num_anchors_per_location: A (RetinaNet: 3 scales x 3 ratios = 9).
+    num_convs: 3x3 conv layers in each subnet before the prediction conv.
+    num_filters: width of those convs.
+    use_separable_conv: SeparableConv2D (depthwise + pointwise) for every conv.
+    activation: "relu", "swish" or "hard_swish", after each batch norm.
+    use_sync_bn, norm_momentum, norm_epsilon: batch norm.
+  """
+
+  def __init__(self, min_level=3, max_level=7, num_classes=91,
+               num_anchors_per_location=9, num_convs=4, num_filters=256,
+               use_separable_conv=False, activation="relu", use_sync_bn=False,
+               norm_momentum=0.99, norm_epsilon=1e-3, **kwargs):
+    super().__init__(**kwargs)
+    if not 1 <= min_level <= max_level:
+      raise ValueError(f"RetinaNetHead: impossible level range min_level="
+                       f"{min_level}, max_level={max_level}.")
+    for name, value, low in (("num_classes", num_classes, 2),
+                             ("num_anchors_per_location",
+                              num_anchors_per_location, 1),
+                             ("num_convs", num_convs, 0),
+                             ("num_filters", num_filters, 1)):
+      if int(value) != value or value < low:
+        raise ValueError(f"RetinaNetHead: {name} must be an integer >= {low}, "
+                         f"got {value!r}.")
+    self.min_level = int(min_level)
+    self.max_level = int(max_level)
+    self.num_classes = int(num_classes)
+    self.num_anchors_per_location = int(num_anchors_per_location)
+    self.num_convs = int(num_convs)
+    self.num_filters = int(num_filters)
+    self.use_separable_conv = bool(use_separable_conv)
+    self.activation = activations.check_activation(activation)
+    self.use_sync_bn = use_sync_bn
+    self.norm_momentum = norm_momentum
+    self.norm_epsilon = norm_epsilon
+
+    self.cls_convs = [self._conv(num_filters, f"cls_conv_{i}")
+                      for i in range(self.num_convs)]
+    self.box_convs = [self._conv(num_filters, f"box_conv_{i}")
+                      for i in range(self.num_convs)]
+    # One batch norm per (level, conv), level major; see _norm().
+    self.cls_norms = [
+        batch_norm(norm_momentum, norm_epsilon, use_sync_bn,
+                   name=f"cls_norm_{level}_{i}")
+        for level in self.levels for i in range(self.num_convs)]
+    self.box_norms = [
+        batch_norm(norm_momentum, norm_epsilon, use_sync_bn,
+                   name=f"box_norm_{level}_{i}")
+        for level in self.levels for i in range(self.num_convs)]
+    anchors = self.num_anchors_per_location
+    self.cls_predict = self._conv(
+        anchors * self.num_classes, "cls_predict", predict=True,
+        bias=class_prior_bias())
+    self.box_predict = self._conv(anchors * 4, "box_predict", predict=True,
+                                  bias=0.0)
+
+  @property
+  def levels(self):
+    """str levels min_level..max_level."""
+    return [str(l) for l in range(self.min_level, self.max_level + 1)]
+
+  def _conv(self, filters, name, predict=False, bias=0.0):
+    std = 1e-5 if predict else 0.01
+    bias_initializer = keras.initializers.Constant(bias)
+    if self.use_separable_conv:
+      return keras.layers.SeparableConv2D(
+          filters, 3, padding="same",
+          depthwise_initializer=keras.initializers.RandomNormal(stddev=0.01),
+          pointwise_initializer=keras.initializers.RandomNormal(stddev=std),
+          bias_initializer=bias_initializer, name=name)
+    return keras.layers.Conv2D(
+        filters, 3, padding="same",
+        kernel_initializer=keras.initializers.RandomNormal(stddev=std),
+        bias_initializer=bias_initializer, name=name)
+
+  def _norm(self, norms, level, i):
+    return norms[(int(level) - self.min_level) * self.num_convs + i]
+
+  def _check_inputs(self, shapes):
+    if not isinstance(shapes, dict):
+      raise ValueError(f"{self.name}: expected a dict str(level) -> features, "
+                       f"got {type(shapes).__name__}.")
+    missing = [l for l in self.levels if l not in shapes]
+    if missing:
+      raise ValueError(
+          f"{self.name}: the head predicts on levels {self.min_level}.."
+          f"{self.max_level} but the features have levels "
+          f"{sorted(shapes, key=int)} (missing {missing}).")
+    widths = {tuple(shapes[l])[-1] for l in self.levels}
+    if len(widths) != 1:
+      raise ValueError(f"{self.name}: the subnets are shared across levels, so "
+                       "every level needs the same width; got "
+                       f"{sorted(widths)}.")
+    return widths.pop()
+
+  def build(self, input_shape):
+    width = self._check_inputs(input_shape)
+    for convs, norms in ((self.cls_convs, self.cls_norms),
+                         (self.box_convs, self.box_norms)):
+      channels = width
+      for conv in convs:
+        conv.build((None, None, None, channels))
+        channels = self.num_filters
+      for norm in norms:
+        norm.build((None, None, None, self.num_filters))
+    channels = self.num_filters if self.num_convs else width
+    self.cls_predict.build((None, None, None, channels))
+    self.box_predict.build((None, None, None, channels))
+
+  def _subnet(self, x, convs, norms, level, training):
+    act = activations.get_activation(self.activation)
+    for i, conv in enumerate(convs):
+      x = self._norm(norms, level, i)(conv(x), training=training)
+      x = act(x)
+    return x
+
+  def call(self, features, training=None):
+    self._check_inputs({k: v.shape for k, v in features.items()})
+    cls_outputs, box_outputs = {}, {}
+    for level in self.levels:
+      x = features[level]
+      cls = self._subnet(x, self.cls_convs, self.cls_norms, level, training)
+      box = self._subnet(x, self.box_convs, self.box_norms, level, training)
+      cls_outputs[level] = tf.cast(self.cls_predict(cls), tf.float32)
+      box_outputs[level] = tf.cast(self.box_predict(box), tf.float32)
+    return cls_outputs, box_outputs
+
+  def compute_output_shape(self, input_shape):
+    self._check_inputs(input_shape)
+    anchors = self.num_anchors_per_location
+    cls_shapes, box_shapes = {}, {}
+    for level in self.levels:
+      shape = tuple(input_shape[level])
+      cls_shapes[level] = shape[:-1] + (anchors * self.num_classes,)
+      box_shapes[level] = shape[:-1] + (anchors * 4,)
+    return cls_shapes, box_shapes
+
+  def compute_output_spec(self, features, training=None):
+    shapes = self.compute_output_shape(
+        {k: tuple(v.shape) for k, v in features.items()})
+    return tuple(
+        {k: keras.KerasTensor(s, dtype="float32") for k, s in d.items()}
+        for d in shapes)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(
+        min_level=self.min_level, max_level=self.max_level,
+        num_classes=self.num_classes,
+        num_anchors_per_location=self.num_anchors_per_location,
+        num_convs=self.num_convs, num_filters=self.num_filters,
+        use_separable_conv=self.use_separable_conv,
+        activation=self.activation, use_sync_bn=self.use_sync_bn,
+        norm_momentum=self.norm_momentum, norm_epsilon=self.norm_epsilon)
+    return config
