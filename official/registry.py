@@ -98,8 +98,32 @@ def build_backbone(backbone_fn, input_shape):
                      **regularization())
 
 
-# Tasks register themselves with gin when imported.
-from official.tasks import classification  # pylint: disable=g-import-not-at-top,unused-import
+@gin.configurable
+def multilevel_features(input_shape, backbone=gin.REQUIRED, decoder=None):
+  """Backbone and decoder for a dense-prediction model.
+
+  Returns:
+    (backbone, decoder): decoder maps the backbone's output dict to dict
+    str(level) -> features (the identity when `decoder` is None).
+  """
+  backbone_model = build_backbone(backbone, input_shape)
+  decoder_fn = decoder or identity_decoder
+  return backbone_model, decoder_fn(input_specs=backbone_model.output_specs,
+                                    **_decoder_common(decoder_fn))
+
+
+def _decoder_common(decoder_fn):
+  if decoder_fn is identity_decoder:
+    return {}
+  return norm_activation()
+
+
+# The trainer, optimizer and schedule, and the tasks, register themselves with
+# gin when imported.
+# pylint: disable=g-import-not-at-top,unused-import,wrong-import-position
+from official.core import trainer
+from official.tasks import classification
+from official.tasks import retinanet
 
 
 @gin.configurable

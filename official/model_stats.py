@@ -1,0 +1,112 @@
+r"""Prints parameters and multiply-adds of a configured model.
+
+  python -m official.model_stats --gin_file=configs/experiments/classification/spinenet49_imagenet.gin --json
+  python -m official.model_stats --table
+
+Multiply-adds are FLOPs as the SpineNet papers count them (REFERENCE.md §6):
+profiler float operations / 2, one image, inference mode.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import gin
+
+from modeling import analysis
+from official import registry
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("gin_file", [], "Gin files, applied in order.")
+flags.DEFINE_multi_string("gin_param", [], "Gin bindings, applied last.")
+flags.DEFINE_integer("image_size", None, "Override the task's square input size.")
+flags.DEFINE_bool("json", False, "Print one JSON object.")
+flags.DEFINE_bool("table", False,
+                  "Print every registered variant beside the published numbers.")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (name, experiment gin file, published params in millions, published
+# multiply-adds in billions); REFERENCE.md §6.
+PUBLISHED = (
+    ("SpineNet-49 classifier 224", "classification/spinenet49_imagenet.gin",
+     22.1, 3.5),
+    ("SpineNet-96 classifier 224", "classification/spinenet96_imagenet.gin",
+     36.5, 5.7),
+    ("SpineNet-143 classifier 224", "classification/spinenet143_imagenet.gin",
+     60.5, 9.1),
+    ("SpineNet-190 classifier 224", "classification/spinenet190_imagenet.gin",
+     127.1, 19.1),
+)
+
+
+def backbone_of(model):
+  """The first nested model whose output is a dict of levels (the backbone)."""
+  for layer in model.layers:
+    if hasattr(layer, "layers") and isinstance(getattr(layer, "output", None),
+                                               dict):
+      return layer
+  return None
+
+
+def model_stats(gin_files, gin_params=(), image_size=None):
+  """Builds the experiment's model and returns its size and cost as a dict."""
+  gin.clear_config()
+  with gin.unlock_config():
+    gin.parse_config_files_and_bindings(gin_files, gin_params,
+                                        skip_unknown=False)
+  task = registry.experiment()
+  if image_size:
+    task.image_size = image_size
+  model = task.build_model()
+  input_shape = tuple(model.input_shape[1:])
+  backbone = backbone_of(model)
+  return {
+      "params": analysis.count_params(model),
+      "trainable_params": analysis.count_params(model, trainable_only=True),
+      "backbone_params": analysis.count_params(backbone) if backbone else None,
+      "multiply_adds": analysis.count_multiply_adds(model, input_shape),
+      "image_size": input_shape[0],
+  }
+
+
+def _relative(measured, published):
+  return f"{100.0 * (measured - published) / published:+.1f}%"
+
+
+def print_table():
+  header = (f"{'model':32s} {'params (M)':>10s} {'published':>9s} {'diff':>7s} "
+            f"{'MAdds (B)':>10s} {'published':>9s} {'diff':>7s}")
+  print(header)
+  print("-" * len(header))
+  for name, experiment, params_m, madds_b in PUBLISHED:
+    path = os.path.join(REPO_ROOT, "configs", "experiments", experiment)
+    stats = model_stats([path])
+    p, m = stats["params"] / 1e6, stats["multiply_adds"] / 1e9
+    print(f"{name:32s} {p:10.2f} {params_m:9.1f} {_relative(p, params_m):>7s} "
+          f"{m:10.2f} {madds_b:9.1f} {_relative(m, madds_b):>7s}", flush=True)
+
+
+def main(argv):
+  del argv
+  if FLAGS.table:
+    print_table()
+    return 0
+  if not FLAGS.gin_file:
+    raise app.UsageError("Give --gin_file (an experiment) or --table.")
+  stats = model_stats(FLAGS.gin_file, FLAGS.gin_param, FLAGS.image_size)
+  if FLAGS.json:
+    print(json.dumps(stats))
+  else:
+    for key, value in stats.items():
+      print(f"{key:18s} {value:,}" if isinstance(value, int) else
+            f"{key:18s} {value}")
+  return 0
+
+
+if __name__ == "__main__":
+  logging.set_verbosity(logging.WARNING)
+  sys.exit(app.run(main))

@@ -1,0 +1,163 @@
+"""Image classification with SpineNet or ResNet backbones.
+
+Loss: softmax cross-entropy with optional label smoothing. Metrics:
+top_1_accuracy and top_5_accuracy over the evaluation split (padding excluded).
+"""
+
+import gin
+import numpy as np
+import tensorflow as tf
+
+from dataloaders import classification as classification_data
+from dataloaders.datasets import digits
+from modeling.models.classifier import build_classifier
+from official.core import task as task_lib
+
+
+@gin.configurable
+def classification_records(train_pattern=gin.REQUIRED,
+                           eval_pattern=gin.REQUIRED,
+                           num_train_examples=gin.REQUIRED,
+                           num_eval_examples=gin.REQUIRED):
+  """A classification dataset stored as TFRecords (image/encoded, image/class/label)."""
+  return dict(train_pattern=train_pattern, eval_pattern=eval_pattern,
+              num_train=num_train_examples, num_eval=num_eval_examples)
+
+
+@gin.configurable
+def tfds_classification(name=gin.REQUIRED, data_dir=gin.REQUIRED,
+                        train_split="train", eval_split="validation",
+                        num_train_examples=gin.REQUIRED,
+                        num_eval_examples=gin.REQUIRED):
+  """A TFDS image classification dataset already prepared in `data_dir`."""
+  return dict(tfds_name=name, tfds_data_dir=data_dir,
+              train_split=train_split, eval_split=eval_split,
+              num_train=num_train_examples, num_eval=num_eval_examples)
+
+
+@gin.configurable
+def digits_records(data_dir="data/digits"):
+  """scikit-learn's handwritten digits as TFRecords, built on first use."""
+  return digits.ensure_digits_records(data_dir)
+
+
+class TopKEvaluator(task_lib.Evaluator):
+  """Streaming top-1 / top-5 accuracy over valid examples."""
+
+  def __init__(self, ks=(1, 5)):
+    self.ks = ks
+    self.reset()
+
+  def reset(self):
+    self.correct = {k: 0 for k in self.ks}
+    self.count = 0
+
+  def update(self, outputs):
+    valid = np.asarray(outputs["valid"], bool)
+    logits = np.asarray(outputs["logits"])[valid]
+    labels = np.asarray(outputs["label"])[valid]
+    self.count += len(labels)
+    if not len(labels):
+      return
+    order = np.argsort(-logits, axis=-1)
+    for k in self.ks:
+      self.correct[k] += int(np.sum(np.any(order[:, :k] == labels[:, None],
+                                           axis=-1)))
+
+  def result(self):
+    return {f"top_{k}_accuracy": self.correct[k] / max(self.count, 1)
+            for k in self.ks}
+
+
+@gin.configurable
+class ClassificationTask(task_lib.Task):
+  """Classifier training and evaluation.
+
+  Args:
+    backbone: gin-bound backbone builder (e.g. @spinenet, @resnet).
+    num_classes: classifier outputs; labels are 0-based.
+    data: callable returning the dataset dict (e.g. @digits_records,
+      @classification_records, @tfds_classification).
+    image_size: square training/eval crop side in pixels.
+    label_smoothing: spreads this much probability over all classes.
+    dropout_rate: dropout before the classifier.
+    head_levels: backbone levels the head averages (None: all).
+    aug_min_area: smallest inception-crop area fraction in training.
+    random_flip: random horizontal flips in training.
+    center_crop_fraction: eval centre crop, as a fraction of the short side.
+    seed: makes the input pipeline deterministic.
+  """
+
+  def __init__(self, backbone=gin.REQUIRED, num_classes=gin.REQUIRED,
+               data=gin.REQUIRED, image_size=224, label_smoothing=0.0,
+               dropout_rate=0.0, head_levels=None, aug_min_area=0.08,
+               random_flip=True, center_crop_fraction=0.875, seed=None):
+    self.backbone_fn = backbone
+    self.num_classes = num_classes
+    self.data_fn = data
+    self.image_size = image_size
+    self.label_smoothing = label_smoothing
+    self.dropout_rate = dropout_rate
+    self.head_levels = head_levels
+    self.seed = seed
+    self.parser_kwargs = dict(aug_min_area=aug_min_area,
+                              random_flip=random_flip,
+                              center_crop_fraction=center_crop_fraction)
+    self._data = None
+
+  @property
+  def data(self):
+    if self._data is None:
+      self._data = self.data_fn()
+      found = self._data.get("num_classes")
+      if found is not None and found != self.num_classes:
+        raise ValueError(f"The dataset has {found} classes but "
+                         f"ClassificationTask.num_classes = {self.num_classes}.")
+    return self._data
+
+  def prepare_data(self):
+    return self.data
+
+  @property
+  def num_train_examples(self):
+    return self.data["num_train"]
+
+  @property
+  def num_eval_examples(self):
+    return self.data["num_eval"]
+
+  def build_model(self):
+    from official import registry  # pylint: disable=g-import-not-at-top
+    backbone = registry.build_backbone(
+        self.backbone_fn, (self.image_size, self.image_size, 3))
+    return build_classifier(backbone, self.num_classes, self.head_levels,
+                            self.dropout_rate)
+
+  def build_inputs(self, training, global_batch_size, input_context=None):
+    data = self.data
+    return classification_data.classification_dataset(
+        file_pattern=data.get("train_pattern" if training else "eval_pattern"),
+        training=training, global_batch_size=global_batch_size,
+        output_size=self.image_size, num_classes=self.num_classes,
+        input_context=input_context, seed=self.seed,
+        tfds_name=data.get("tfds_name"),
+        tfds_split=data.get("train_split" if training else "eval_split"),
+        tfds_data_dir=data.get("tfds_data_dir"),
+        num_eval_examples=data["num_eval"], parser_kwargs=self.parser_kwargs)
+
+  def compute_losses(self, outputs, labels, global_batch_size):
+    logits = tf.cast(outputs, tf.float32)
+    one_hot = tf.one_hot(labels["label"], self.num_classes)
+    if self.label_smoothing:
+      one_hot = (one_hot * (1.0 - self.label_smoothing) +
+                 self.label_smoothing / self.num_classes)
+    per_example = tf.nn.softmax_cross_entropy_with_logits(one_hot, logits)
+    loss = tf.reduce_sum(per_example) / tf.cast(global_batch_size, tf.float32)
+    return {"total_loss": loss, "cross_entropy_loss": loss}
+
+  def eval_outputs(self, outputs, labels):
+    return {"logits": tf.cast(outputs, tf.float32), "label": labels["label"],
+            "valid": labels["valid"]}
+
+  def build_evaluator(self):
+    return TopKEvaluator(ks=(1, min(5, self.num_classes)))

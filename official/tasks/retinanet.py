@@ -1,0 +1,232 @@
+"""RetinaNet object detection (SpineNet paper protocols; REFERENCE.md §4).
+
+Model: backbone -> decoder -> RetinaNetHead. Loss: focal (alpha 0.25, gamma
+1.5) + 50 x Huber (delta 0.1), normalised by the positives of the global batch
++ 1. Evaluation: post-processing on the accelerator, COCO AP on the host
+(official/evaluation/coco_evaluator.py), boxes mapped back to original pixels.
+"""
+
+import os
+import subprocess
+import sys
+
+import gin
+import tensorflow as tf
+from absl import logging
+
+from dataloaders import retinanet_input
+from dataloaders.datasets import synthetic_coco
+from modeling.heads.retinanet import RetinaNetHead
+from modeling.models import retinanet_losses
+from modeling.models.retinanet import build_retinanet
+from modeling.ops import postprocess
+from modeling.ops.anchors import Anchors
+from official.core import task as task_lib
+from official.evaluation.coco_evaluator import COCOEvaluator
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+
+@gin.configurable
+def coco_records(train_pattern=gin.REQUIRED, eval_pattern=gin.REQUIRED,
+                 num_train_examples=118287, num_eval_examples=5000,
+                 annotation_file=None):
+  """COCO-style detection TFRecords (scripts/create_coco_tf_record.py).
+
+  annotation_file: the instances JSON of the eval split; when None the
+  evaluator builds ground truth from the records.
+  """
+  return dict(train_pattern=train_pattern, eval_pattern=eval_pattern,
+              num_train=num_train_examples, num_eval=num_eval_examples,
+              annotation_file=annotation_file)
+
+
+@gin.configurable
+def synthetic_coco_records(data_dir="data/synthetic_coco", num_train=500,
+                           num_val=100, num_shards=4, seed=0):
+  """The synthetic COCO-format dataset, made and converted on first use.
+
+  Images and instances JSON come from dataloaders/datasets/synthetic_coco.py;
+  the records are written by scripts/create_coco_tf_record.py, exactly as for
+  real COCO. Idempotent: existing records are reused.
+  """
+  records = os.path.join(data_dir, "tfrecords")
+  done = os.path.join(records, "DONE")
+  if not tf.io.gfile.exists(done):
+    logging.info("Making the synthetic COCO dataset in %s", data_dir)
+    synthetic_coco.make_synthetic_coco(data_dir, num_train=num_train,
+                                       num_val=num_val, seed=seed,
+                                       overwrite=True)
+    tf.io.gfile.makedirs(records)
+    for split in ("train", "val"):
+      command = [
+          sys.executable,
+          os.path.join(REPO_ROOT, "scripts", "create_coco_tf_record.py"),
+          f"--image_dir={os.path.join(data_dir, split)}",
+          "--object_annotations_file=" + os.path.join(
+              data_dir, "annotations", f"instances_{split}.json"),
+          f"--output_file_prefix={os.path.join(records, split)}",
+          f"--num_shards={num_shards}", "--num_processes=1"]
+      logging.info("Converting: %s", " ".join(command))
+      subprocess.run(command, check=True)
+    with tf.io.gfile.GFile(done, "w") as f:
+      f.write(f"{num_train} {num_val} {seed}\n")
+  return dict(
+      train_pattern=os.path.join(records, "train-*"),
+      eval_pattern=os.path.join(records, "val-*"),
+      num_train=num_train, num_eval=num_val,
+      annotation_file=os.path.join(data_dir, "annotations",
+                                   "instances_val.json"))
+
+
+@gin.configurable
+class RetinaNetTask(task_lib.Task):
+  """RetinaNet training and COCO evaluation.
+
+  Args:
+    backbone: gin-bound backbone builder (@spinenet, @resnet).
+    decoder: gin-bound decoder builder (@identity_decoder, @fpn) or None.
+    data: callable returning the dataset dict (@coco_records,
+      @synthetic_coco_records).
+    num_classes: logits per anchor; class ids are COCO category ids, 0 is
+      background (91 for COCO).
+    image_size: square input side in pixels, a multiple of 2^max_level.
+    min_level, max_level: feature levels the head predicts on.
+    num_scales, aspect_ratios, anchor_size: anchors (REFERENCE §4: anchor
+      size 3 up to SpineNet-96, 4 from SpineNet-143).
+    head_num_convs, head_num_filters, head_use_separable_conv: subnets.
+    aug_scale_min, aug_scale_max: training scale jitter (protocol).
+    max_num_instances: ground truths kept per image.
+    focal_alpha, focal_gamma, huber_delta, box_loss_weight: the loss.
+    pre_nms_top_k, score_threshold, nms_iou_threshold, max_detections,
+      nms_method: post-processing ("batched" compiles under XLA / on TPU).
+    seed: makes the input pipeline deterministic.
+  """
+
+  def __init__(self, backbone=gin.REQUIRED, decoder=None, data=gin.REQUIRED,
+               num_classes=91, image_size=640, min_level=3, max_level=7,
+               num_scales=3, aspect_ratios=(0.5, 1.0, 2.0), anchor_size=3.0,
+               head_num_convs=4, head_num_filters=256,
+               head_use_separable_conv=False, aug_scale_min=1.0,
+               aug_scale_max=1.0, max_num_instances=100, focal_alpha=0.25,
+               focal_gamma=1.5, huber_delta=0.1, box_loss_weight=50.0,
+               pre_nms_top_k=5000, score_threshold=0.05,
+               nms_iou_threshold=0.5, max_detections=100,
+               nms_method="combined", seed=None):
+    self.backbone_fn = backbone
+    self.decoder_fn = decoder
+    self.data_fn = data
+    self.num_classes = num_classes
+    self.image_size = image_size
+    self.min_level = min_level
+    self.max_level = max_level
+    self.num_scales = num_scales
+    self.aspect_ratios = tuple(aspect_ratios)
+    self.anchor_size = anchor_size
+    self.head_num_convs = head_num_convs
+    self.head_num_filters = head_num_filters
+    self.head_use_separable_conv = head_use_separable_conv
+    self.aug_scale_min = aug_scale_min
+    self.aug_scale_max = aug_scale_max
+    self.max_num_instances = max_num_instances
+    self.loss_args = dict(alpha=focal_alpha, gamma=focal_gamma,
+                          huber_delta=huber_delta,
+                          box_loss_weight=box_loss_weight)
+    self.postprocess_args = dict(
+        pre_nms_top_k=pre_nms_top_k, score_threshold=score_threshold,
+        nms_iou_threshold=nms_iou_threshold, max_detections=max_detections,
+        nms_method=nms_method)
+    self.seed = seed
+    self._data = None
+
+  @property
+  def data(self):
+    if self._data is None:
+      self._data = self.data_fn()
+    return self._data
+
+  def prepare_data(self):
+    return self.data
+
+  @property
+  def num_train_examples(self):
+    return self.data["num_train"]
+
+  @property
+  def num_eval_examples(self):
+    return self.data["num_eval"]
+
+  @property
+  def anchors(self):
+    return Anchors(self.min_level, self.max_level, self.num_scales,
+                   self.aspect_ratios, self.anchor_size,
+                   (self.image_size, self.image_size))
+
+  def build_model(self):
+    from official import registry  # pylint: disable=g-import-not-at-top
+    backbone, decoder = registry.multilevel_features(
+        (self.image_size, self.image_size, 3))
+    head = RetinaNetHead(
+        min_level=self.min_level, max_level=self.max_level,
+        num_classes=self.num_classes,
+        num_anchors_per_location=len(self.aspect_ratios) * self.num_scales,
+        num_convs=self.head_num_convs, num_filters=self.head_num_filters,
+        use_separable_conv=self.head_use_separable_conv,
+        **registry.norm_activation(), name="retinanet_head")
+    return build_retinanet(backbone, decoder, head)
+
+  def _parser(self, training):
+    return retinanet_input.RetinaNetParser(
+        output_size=self.image_size, min_level=self.min_level,
+        max_level=self.max_level, num_scales=self.num_scales,
+        aspect_ratios=self.aspect_ratios, anchor_size=self.anchor_size,
+        num_classes=self.num_classes, training=training,
+        aug_scale_min=self.aug_scale_min, aug_scale_max=self.aug_scale_max,
+        max_num_instances=self.max_num_instances)
+
+  def build_inputs(self, training, global_batch_size, input_context=None):
+    pattern = self.data["train_pattern" if training else "eval_pattern"]
+    return retinanet_input.retinanet_dataset(
+        pattern, training, global_batch_size, self._parser(training),
+        input_context=input_context, seed=self.seed,
+        num_eval_examples=None if training else self.data["num_eval"])
+
+  def compute_losses(self, outputs, labels, global_batch_size):
+    del global_batch_size  # Normalised by the global number of positives.
+    return retinanet_losses.retinanet_losses(
+        outputs["cls_outputs"], outputs["box_outputs"], labels,
+        self.num_classes, **self.loss_args)
+
+  def detect(self, outputs, image_size=None):
+    """Post-processed detections in input pixels (see multilevel_detections)."""
+    return postprocess.multilevel_detections(
+        outputs["cls_outputs"], outputs["box_outputs"], self.anchors,
+        image_size or (self.image_size, self.image_size),
+        num_classes=self.num_classes, **self.postprocess_args)
+
+  def eval_outputs(self, outputs, labels):
+    detections = self.detect(outputs)
+    info = labels["image_info"]  # [b, 4, 2]: original, scaled, scale, offset.
+    scale = tf.tile(info[:, 2:3, :], [1, 1, 2])  # [b, 1, 4]: y, x, y, x.
+    offset = tf.tile(info[:, 3:4, :], [1, 1, 2])
+    boxes = (detections["boxes"] + offset) / scale
+    gt = labels["groundtruths"]
+    return {
+        "source_id": gt["source_id"],
+        "detection_boxes": boxes,
+        "detection_scores": detections["scores"],
+        "detection_classes": detections["classes"],
+        "num_detections": detections["num_detections"],
+        "valid": labels["valid"],
+        "groundtruth_boxes": gt["boxes"],
+        "groundtruth_classes": gt["classes"],
+        "groundtruth_is_crowd": gt["is_crowd"],
+        "groundtruth_area": gt["areas"],
+        "num_groundtruths": gt["num_groundtruths"],
+        "height": gt["height"],
+        "width": gt["width"],
+    }
+
+  def build_evaluator(self):
+    return COCOEvaluator(annotation_file=self.data.get("annotation_file"))
