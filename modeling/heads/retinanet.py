@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from modeling.layers import activations
 from modeling.layers.conv_bn import batch_norm
+from modeling.layers.tracking import tracked_list
 
 _PRIOR_PROBABILITY = 0.01
 
@@ -82,19 +83,21 @@ class RetinaNetHead(keras.layers.Layer):
     self.norm_momentum = norm_momentum
     self.norm_epsilon = norm_epsilon
 
-    self.cls_convs = [self._conv(num_filters, f"cls_conv_{i}")
-                      for i in range(self.num_convs)]
-    self.box_convs = [self._conv(num_filters, f"box_conv_{i}")
-                      for i in range(self.num_convs)]
+    self.cls_convs = tracked_list(self, "cls_conv", [
+        self._conv(num_filters, f"cls_conv_{i}")
+        for i in range(self.num_convs)])
+    self.box_convs = tracked_list(self, "box_conv", [
+        self._conv(num_filters, f"box_conv_{i}")
+        for i in range(self.num_convs)])
     # One batch norm per (level, conv), level major; see _norm().
-    self.cls_norms = [
+    self.cls_norms = tracked_list(self, "cls_norm", [
         batch_norm(norm_momentum, norm_epsilon, use_sync_bn,
                    name=f"cls_norm_{level}_{i}")
-        for level in self.levels for i in range(self.num_convs)]
-    self.box_norms = [
+        for level in self.levels for i in range(self.num_convs)])
+    self.box_norms = tracked_list(self, "box_norm", [
         batch_norm(norm_momentum, norm_epsilon, use_sync_bn,
                    name=f"box_norm_{level}_{i}")
-        for level in self.levels for i in range(self.num_convs)]
+        for level in self.levels for i in range(self.num_convs)])
     anchors = self.num_anchors_per_location
     self.cls_predict = self._conv(
         anchors * self.num_classes, "cls_predict", predict=True,

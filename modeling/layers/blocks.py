@@ -11,6 +11,7 @@ import keras
 from modeling.layers import activations
 from modeling.layers.conv_bn import ConvBNAct
 from modeling.layers.regularization import DropBlock, StochasticDepth
+from modeling.layers.tracking import tracked_list
 
 
 class _ResidualBase(keras.layers.Layer):
@@ -36,9 +37,10 @@ class _ResidualBase(keras.layers.Layer):
     if use_projection:
       self.shortcut = self._conv(self.output_filters, 1, strides, None, "shortcut")
       self.shortcut_dropblock = self._dropblock("shortcut_dropblock")
-    self.branch = self._make_branch()
-    self.branch_dropblocks = [
-        self._dropblock(f"dropblock_{i}") for i in range(len(self.branch))]
+    self.branch = tracked_list(self, "branch", self._make_branch())
+    self.branch_dropblocks = tracked_list(
+        self, "branch_dropblock",
+        [self._dropblock(f"dropblock_{i}") for i in range(len(self.branch))])
     self.stochastic_depth = (
         StochasticDepth(stochastic_depth_rate, name="stochastic_depth")
         if stochastic_depth_rate else None)
