@@ -40,6 +40,16 @@ PUBLISHED = (
      60.5, 9.1),
     ("SpineNet-190 classifier 224", "classification/spinenet190_imagenet.gin",
      127.1, 19.1),
+    ("RetinaNet SpineNet-49S 640", "retinanet/spinenet49s_coco.gin", 11.9,
+     33.8),
+    ("RetinaNet SpineNet-49 640", "retinanet/spinenet49_coco.gin", 28.5, 85.4),
+    ("RetinaNet SpineNet-96 1024", "retinanet/spinenet96_coco.gin", 43.0,
+     265.4),
+    ("RetinaNet SpineNet-143 1280", "retinanet/spinenet143_coco.gin", 67.0,
+     524.0),
+    ("RetinaNet SpineNet-190 1280", "retinanet/spinenet190_coco.gin", 163.6,
+     1885.0),
+    ("RetinaNet R50-FPN 640", "retinanet/r50_fpn_coco.gin", 34.0, 97.0),
 )
 
 

@@ -166,7 +166,8 @@ class RetinaNetTask(task_lib.Task):
   def build_model(self):
     from official import registry  # pylint: disable=g-import-not-at-top
     backbone, decoder = registry.multilevel_features(
-        (self.image_size, self.image_size, 3))
+        (self.image_size, self.image_size, 3), backbone=self.backbone_fn,
+        decoder=self.decoder_fn)
     head = RetinaNetHead(
         min_level=self.min_level, max_level=self.max_level,
         num_classes=self.num_classes,
