@@ -4,7 +4,9 @@ r"""Prints parameters and multiply-adds of a configured model.
   python -m official.model_stats --table
 
 Multiply-adds are FLOPs as the SpineNet papers count them (REFERENCE.md §6):
-profiler float operations / 2, one image, inference mode.
+profiler float operations / 2, one image, inference mode. `params` counts the
+trainable parameters (what the papers report); `all_weights` adds the batch
+norm moving statistics.
 """
 
 import json
@@ -75,9 +77,10 @@ def model_stats(gin_files, gin_params=(), image_size=None):
   input_shape = tuple(model.input_shape[1:])
   backbone = backbone_of(model)
   return {
-      "params": analysis.count_params(model),
-      "trainable_params": analysis.count_params(model, trainable_only=True),
-      "backbone_params": analysis.count_params(backbone) if backbone else None,
+      "params": analysis.count_params(model, trainable_only=True),
+      "all_weights": analysis.count_params(model),
+      "backbone_params": (analysis.count_params(backbone, trainable_only=True)
+                          if backbone else None),
       "multiply_adds": analysis.count_multiply_adds(model, input_shape),
       "image_size": input_shape[0],
   }
