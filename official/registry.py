@@ -50,8 +50,16 @@ def spinenet_backbone(input_shape, model_id="49", block_specs=None,
                       block_repeats=None, fusion_mode="sum",
                       fusion_epsilon=1e-3, block_fn_override=None,
                       resnext_base_width=4, num_init_blocks=2,
-                      require_divisible_input=True, **common):
-  """SpineNet-`model_id`; a scaling argument left None comes from the model id."""
+                      require_divisible_input=True, activation="relu",
+                      use_sync_bn=False, norm_momentum=0.99, norm_epsilon=1e-3,
+                      init_stochastic_depth_rate=0.0, dropblock_keep_prob=None,
+                      dropblock_size=3):
+  """SpineNet-`model_id`; a scaling argument left None comes from the model id.
+
+  The signature is explicit (no **kwargs) so that gin rejects a misspelt
+  binding at parse time; the shared options come from norm_activation and
+  regularization.
+  """
   overrides = dict(
       endpoints_num_filters=endpoints_num_filters,
       filter_size_scale=filter_size_scale, resample_alpha=resample_alpha,
@@ -62,27 +70,40 @@ def spinenet_backbone(input_shape, model_id="49", block_specs=None,
       fusion_mode=fusion_mode, fusion_epsilon=fusion_epsilon,
       block_fn_override=block_fn_override,
       resnext_base_width=resnext_base_width, num_init_blocks=num_init_blocks,
-      require_divisible_input=require_divisible_input, **overrides, **common)
+      require_divisible_input=require_divisible_input, activation=activation,
+      use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
+      norm_epsilon=norm_epsilon,
+      init_stochastic_depth_rate=init_stochastic_depth_rate,
+      dropblock_keep_prob=dropblock_keep_prob, dropblock_size=dropblock_size,
+      **overrides)
 
 
 @gin.configurable("resnet", denylist=COMMON_ARGS)
 def resnet_backbone(input_shape, model_id=50, min_level=2, max_level=5,
-                    **common):
+                    activation="relu", use_sync_bn=False, norm_momentum=0.99,
+                    norm_epsilon=1e-3, init_stochastic_depth_rate=0.0,
+                    dropblock_keep_prob=None, dropblock_size=3):
   """ResNet-`model_id` (50, 101, 152): endpoints C2..C5 by default."""
   return backbone_registry.BACKBONES["resnet"](
       input_shape, model_id, min_level=min_level, max_level=max_level,
-      **common)
+      activation=activation, use_sync_bn=use_sync_bn,
+      norm_momentum=norm_momentum, norm_epsilon=norm_epsilon,
+      init_stochastic_depth_rate=init_stochastic_depth_rate,
+      dropblock_keep_prob=dropblock_keep_prob, dropblock_size=dropblock_size)
 
 
 @gin.configurable("fpn", denylist=("input_specs", "activation",
                                     "use_sync_bn", "norm_momentum",
                                     "norm_epsilon"))
 def fpn_decoder(input_specs, min_level=3, max_level=7, num_filters=256,
-                use_separable_conv=False, **common):
+                use_separable_conv=False, activation="relu", use_sync_bn=False,
+                norm_momentum=0.99, norm_epsilon=1e-3):
   """FPN producing P{min_level}..P{max_level} of width num_filters."""
   return decoder_registry.DECODERS["fpn"](
       input_specs, min_level=min_level, max_level=max_level,
-      num_filters=num_filters, use_separable_conv=use_separable_conv, **common)
+      num_filters=num_filters, use_separable_conv=use_separable_conv,
+      activation=activation, use_sync_bn=use_sync_bn,
+      norm_momentum=norm_momentum, norm_epsilon=norm_epsilon)
 
 
 @gin.configurable("identity_decoder", denylist=("input_specs",))

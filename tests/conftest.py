@@ -14,3 +14,20 @@ try:
       _CPUS[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 except RuntimeError:  # The runtime was initialised first (e.g. by a plugin).
   pass
+
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope="session")
+def mirrored_strategy():
+  """The one MirroredStrategy over the 2 logical CPUs shared by all tests.
+
+  Two strategies alive in one process hand out the same collective instance
+  keys, and their all-reduces then collide ("Shape mismatch in the collective
+  instance"): in-process tests must share this one.
+  """
+  if len(tf.config.list_logical_devices("CPU")) < 2:
+    pytest.skip("needs the 2 logical CPUs configured above")
+  from official.core import distribute  # pylint: disable=g-import-not-at-top
+  return distribute.get_strategy("mirrored")

@@ -79,8 +79,7 @@ class ResNet(keras.Model):
   def __init__(self, input_shape=(640, 640, 3), model_id=50, min_level=2,
                max_level=5, init_stochastic_depth_rate=0.0, activation="relu",
                use_sync_bn=False, norm_momentum=0.99, norm_epsilon=1e-3,
-               dropblock_keep_prob=None, dropblock_size=3, name="resnet",
-               **kwargs):
+               dropblock_keep_prob=None, dropblock_size=3, name="resnet"):
     depth = _check_model_id(model_id)
     if not MIN_LEVEL <= min_level <= max_level <= MAX_LEVEL:
       raise ValueError(
@@ -118,7 +117,7 @@ class ResNet(keras.Model):
 
     outputs = {str(level): endpoints[str(level)]
                for level in range(min_level, max_level + 1)}
-    super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+    super().__init__(inputs=inputs, outputs=outputs, name=name)
     self._resnet_config = dict(
         input_shape=input_shape, model_id=depth, min_level=min_level,
         max_level=max_level,

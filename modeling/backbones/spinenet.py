@@ -182,7 +182,7 @@ class SpineNet(keras.Model):
                fusion_mode="sum", fusion_epsilon=1e-3,
                dropblock_keep_prob=None, dropblock_size=3, num_init_blocks=2,
                block_fn_override=None, resnext_base_width=4,
-               require_divisible_input=True, name="spinenet", **kwargs):
+               require_divisible_input=True, name="spinenet"):
     specs = parse_block_specs(block_specs, num_init_blocks, min_level,
                               max_level)
     input_shape = tuple(input_shape)
@@ -274,7 +274,7 @@ class SpineNet(keras.Model):
         str(level): ConvBNAct(endpoints_num_filters, 1, 1, activation,
                               name=f"endpoint_{level}", **bn)(endpoints[level])
         for level in range(min_level, max_level + 1)}
-    super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+    super().__init__(inputs=inputs, outputs=outputs, name=name)
     self._spinenet_config = dict(
         input_shape=input_shape,
         block_specs=[tuple(s[:2]) + (tuple(s[2]), s[3]) for s in specs],

@@ -54,7 +54,7 @@ class FPN(keras.Model):
 
   def __init__(self, input_specs, min_level=3, max_level=7, num_filters=256,
                use_separable_conv=False, activation="relu", use_sync_bn=False,
-               norm_momentum=0.99, norm_epsilon=1e-3, name="fpn", **kwargs):
+               norm_momentum=0.99, norm_epsilon=1e-3, name="fpn"):
     specs = parse_input_specs(input_specs, "FPN")
     activation = activations.check_activation(activation)
     top = max(specs)
@@ -108,7 +108,7 @@ class FPN(keras.Model):
         str(level): batch_norm(norm_momentum, norm_epsilon, use_sync_bn,
                                name=f"norm_{level}")(feats[level])
         for level in range(min_level, max_level + 1)}
-    super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+    super().__init__(inputs=inputs, outputs=outputs, name=name)
     self._fpn_config = dict(
         input_specs={str(level): shape for level, shape in specs.items()},
         min_level=min_level, max_level=max_level, num_filters=num_filters,

@@ -271,11 +271,9 @@ def test_retinanet_losses_normaliser():
     retinanet_losses(cls_out, box_out, labels, num_classes=4)
 
 
-def test_retinanet_losses_sum_over_replicas_equals_global_batch():
-  devices = ["/cpu:0", "/cpu:1"]
-  if len(tf.config.list_logical_devices("CPU")) < 2:
-    pytest.skip("needs two logical CPU devices (tests/conftest.py)")
-  strategy = tf.distribute.MirroredStrategy(devices)
+def test_retinanet_losses_sum_over_replicas_equals_global_batch(
+    mirrored_strategy):
+  strategy = mirrored_strategy
   rng = np.random.default_rng(2)
   cls_out, box_out, labels = level_labels(rng, 2, num_classes=3)
   full = retinanet_losses(cls_out, box_out, labels, num_classes=3)

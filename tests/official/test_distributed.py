@@ -23,11 +23,9 @@ STEPS = 2
 
 
 @pytest.fixture(scope="module")
-def strategies():
-  if len(tf.config.list_logical_devices("CPU")) < 2:
-    pytest.skip("needs the 2 logical CPUs of tests/conftest.py")
+def strategies(mirrored_strategy):
   return {"one_device": distribute.get_strategy("one_device"),
-          "mirrored": distribute.get_strategy("mirrored")}
+          "mirrored": mirrored_strategy}
 
 
 def _train(strategy, model_dir, init=None, synchronized_bn=True,
