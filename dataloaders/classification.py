@@ -65,7 +65,8 @@ class ClassificationParser:
 
   def __init__(self, output_size, num_classes, training, aug_min_area=0.08,
                aug_aspect_range=(3 / 4, 4 / 3), center_crop_fraction=0.875,
-               mean=IMAGENET_MEAN_RGB, std=IMAGENET_STDDEV_RGB):
+               mean=IMAGENET_MEAN_RGB, std=IMAGENET_STDDEV_RGB,
+               random_flip=True):
     """Initialises the parser.
 
     Args:
@@ -79,6 +80,8 @@ class ClassificationParser:
         fraction of the image's short side (eval, and the training fallback).
       mean: 3 floats, per-channel RGB mean on the 0..255 scale.
       std: 3 floats, per-channel RGB standard deviation on the 0..255 scale.
+      random_flip: bool, random horizontal flips in training (off for data
+        whose classes are not mirror-symmetric, such as digits).
 
     Raises:
       ValueError: when an argument is out of range.
@@ -109,6 +112,7 @@ class ClassificationParser:
     self.center_crop_fraction = float(center_crop_fraction)
     self.mean = tuple(float(m) for m in mean)
     self.std = tuple(float(s) for s in std)
+    self.random_flip = bool(random_flip)
 
   def _center_crop(self, image):
     """Centre square crop of `center_crop_fraction` of the short side."""
@@ -175,7 +179,8 @@ class ClassificationParser:
         seed = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
       crop_seed, flip_seed = _split_seed(seed)
       image = self._random_crop(image, crop_seed)
-      image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+      if self.random_flip:
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     else:
       image = self._center_crop(image)
     image = tf.image.resize(image, [self.output_size, self.output_size],
