@@ -222,3 +222,22 @@ def tfds_dataset(name, split, data_dir, training, input_context=None,
     dataset = dataset.repeat().shuffle(shuffle_buffer_size, seed=seed,
                                        reshuffle_each_iteration=True)
   return dataset
+
+
+def locate_corrupt_record(file_pattern):
+  """Finds the first record that fails its TFRecord checksum.
+
+  Reads every file matching `file_pattern` in order (slow on big datasets: call
+  it only after a tf.errors.DataLossError).
+
+  Returns:
+    (path, record_index) of the first corrupted record, or None.
+  """
+  for path in list_files(file_pattern):
+    index = 0
+    try:
+      for _ in tf.data.TFRecordDataset(path):
+        index += 1
+    except tf.errors.DataLossError:
+      return path, index
+  return None

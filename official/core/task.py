@@ -50,6 +50,14 @@ class Task(abc.ABC):
   def prepare_data(self):
     """Creates missing generated datasets (e.g. the digits records). Host only."""
 
+  def input_files(self, training):
+    """The TFRecord file pattern read in training/eval, or None (TFDS, ...).
+
+    Used to name the file when a record turns out to be corrupted.
+    """
+    del training
+    return None
+
   @abc.abstractmethod
   def build_model(self):
     """Returns a keras.Model: model(features, training) -> outputs."""

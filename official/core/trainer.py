@@ -46,6 +46,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.core.framework import summary_pb2
 
+from dataloaders import readers
 from official.core import checkpointing
 from official.core import distribute
 from official.core import gin_config
@@ -60,6 +61,10 @@ _GATHER_DTYPES = (tf.float16, tf.float32, tf.float64, tf.int32, tf.int64)
 
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+
+
+class CorruptRecordError(RuntimeError):
+  """A training TFRecord failed its checksum; the message names the file."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -304,7 +309,10 @@ class Trainer:
     while step < self.total_steps:
       num_steps = self._steps_to_next_boundary(step, evaluate_every)
       loop_start = time.time()
-      outputs = loop(iterator, tf.constant(num_steps, tf.int32))
+      try:
+        outputs = loop(iterator, tf.constant(num_steps, tf.int32))
+      except tf.errors.DataLossError as e:
+        raise CorruptRecordError(self._corrupt_record_message(e)) from None
       values = {k: float(v) for k, v in outputs.items()}
       loop_time = time.time() - loop_start
       if not all(math.isfinite(v) for v in values.values()):
@@ -330,6 +338,18 @@ class Trainer:
         self.evaluate()
     self.write_operative_config()
     return values
+
+  def _corrupt_record_message(self, error):
+    """Names the corrupted file and record (scanning the inputs on the host)."""
+    pattern = self.task.input_files(training=True)
+    found = readers.locate_corrupt_record(pattern) if pattern else None
+    where = (f"{found[0]}, record {found[1]} (0-based)" if found else
+             f"a file matching {pattern!r}" if pattern else "the input data")
+    return (f"Corrupted TFRecord in the training data: {where}: "
+            f"{error.message.splitlines()[0]}. Nothing was saved after the "
+            f"last checkpoint ({self.checkpointer.latest}). Re-create that "
+            "file with its conversion script, or leave it out of the file "
+            "pattern, then run the same command again to resume.")
 
   def _steps_to_next_boundary(self, step, evaluate_every):
     """Steps to run in the next host loop: ends on every boundary."""

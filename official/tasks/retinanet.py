@@ -149,6 +149,9 @@ class RetinaNetTask(task_lib.Task):
   def prepare_data(self):
     return self.data
 
+  def input_files(self, training):
+    return self.data.get("train_pattern" if training else "eval_pattern")
+
   @property
   def num_train_examples(self):
     return self.data["num_train"]
