@@ -77,3 +77,40 @@ class Task(abc.ABC):
   @abc.abstractmethod
   def build_evaluator(self):
     """Returns an Evaluator."""
+
+
+class DatasetTask(Task):
+  """A Task whose data is described by a gin-bound dataset function.
+
+  Subclasses set `self.data_fn`: a callable returning a dict with
+  "train_pattern", "eval_pattern" (TFRecord globs, or TFDS keys instead),
+  "num_train", "num_eval" and optionally "num_classes". It is called once, on
+  first use, so that generated datasets are made only when needed.
+  """
+
+  data_fn = None
+  _data = None
+
+  @property
+  def data(self):
+    if self._data is None:
+      self._data = self.data_fn()
+      self.check_data(self._data)
+    return self._data
+
+  def check_data(self, data):
+    """Raises ValueError when the dataset does not fit the task."""
+
+  def prepare_data(self):
+    return self.data
+
+  def input_files(self, training):
+    return self.data.get("train_pattern" if training else "eval_pattern")
+
+  @property
+  def num_train_examples(self):
+    return self.data["num_train"]
+
+  @property
+  def num_eval_examples(self):
+    return self.data["num_eval"]

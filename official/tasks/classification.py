@@ -70,7 +70,7 @@ class TopKEvaluator(task_lib.Evaluator):
 
 
 @gin.configurable
-class ClassificationTask(task_lib.Task):
+class ClassificationTask(task_lib.DatasetTask):
   """Classifier training and evaluation.
 
   Args:
@@ -103,31 +103,12 @@ class ClassificationTask(task_lib.Task):
     self.parser_kwargs = dict(aug_min_area=aug_min_area,
                               random_flip=random_flip,
                               center_crop_fraction=center_crop_fraction)
-    self._data = None
 
-  @property
-  def data(self):
-    if self._data is None:
-      self._data = self.data_fn()
-      found = self._data.get("num_classes")
-      if found is not None and found != self.num_classes:
-        raise ValueError(f"The dataset has {found} classes but "
-                         f"ClassificationTask.num_classes = {self.num_classes}.")
-    return self._data
-
-  def prepare_data(self):
-    return self.data
-
-  def input_files(self, training):
-    return self.data.get("train_pattern" if training else "eval_pattern")
-
-  @property
-  def num_train_examples(self):
-    return self.data["num_train"]
-
-  @property
-  def num_eval_examples(self):
-    return self.data["num_eval"]
+  def check_data(self, data):
+    found = data.get("num_classes")
+    if found is not None and found != self.num_classes:
+      raise ValueError(f"The dataset has {found} classes but "
+                       f"ClassificationTask.num_classes = {self.num_classes}.")
 
   def build_model(self):
     from official import registry  # pylint: disable=g-import-not-at-top

@@ -81,7 +81,7 @@ def synthetic_coco_records(data_dir="data/synthetic_coco", num_train=500,
 
 
 @gin.configurable
-class RetinaNetTask(task_lib.Task):
+class RetinaNetTask(task_lib.DatasetTask):
   """RetinaNet training and COCO evaluation.
 
   Args:
@@ -138,27 +138,6 @@ class RetinaNetTask(task_lib.Task):
         nms_iou_threshold=nms_iou_threshold, max_detections=max_detections,
         nms_method=nms_method)
     self.seed = seed
-    self._data = None
-
-  @property
-  def data(self):
-    if self._data is None:
-      self._data = self.data_fn()
-    return self._data
-
-  def prepare_data(self):
-    return self.data
-
-  def input_files(self, training):
-    return self.data.get("train_pattern" if training else "eval_pattern")
-
-  @property
-  def num_train_examples(self):
-    return self.data["num_train"]
-
-  @property
-  def num_eval_examples(self):
-    return self.data["num_eval"]
 
   @property
   def anchors(self):
