@@ -52,6 +52,30 @@ PUBLISHED = (
     ("RetinaNet SpineNet-190 1280", "retinanet/spinenet190_coco.gin", 163.6,
      1885.0),
     ("RetinaNet R50-FPN 640", "retinanet/r50_fpn_coco.gin", 34.0, 97.0),
+    # MBConv scale-permuted models (issue 5; Eff-SpineNet paper, SpineNet
+    # appendix A). 49XXS is the first paper version's figure.
+    ("RetinaNet SpineNet-49 MBConv 384", "retinanet/spinenet49_mbconv_coco.gin",
+     2.34, 1.0),
+    ("RetinaNet SpineNet-49XXS MBConv 256",
+     "retinanet/spinenet49xxs_mbconv_coco.gin", 0.85, 0.16),
+    ("RetinaNet SP-EfficientNet-B0 512", "retinanet/sp_efficientnet_b0_coco.gin",
+     4.4, 2.4),
+    ("RetinaNet Eff-SpineNet-M0 256", "retinanet/eff_spinenet_m0_coco.gin",
+     0.67, 0.15),
+    ("RetinaNet Eff-SpineNet-M1 384", "retinanet/eff_spinenet_m1_coco.gin",
+     0.99, 0.51),
+    ("RetinaNet Eff-SpineNet-M2 384", "retinanet/eff_spinenet_m2_coco.gin",
+     2.36, 0.97),
+    ("RetinaNet Eff-SpineNet-D0 512", "retinanet/eff_spinenet_d0_coco.gin",
+     3.6, 2.5),
+    ("RetinaNet Eff-SpineNet-D0 no s2d",
+     "retinanet/eff_spinenet_d0_coco_no_s2d.gin", 3.3, 2.4),
+    ("RetinaNet Eff-SpineNet-D0 no s2d, sum",
+     "retinanet/eff_spinenet_d0_coco_no_s2d_no_weighted.gin", 3.3, 2.4),
+    ("RetinaNet Eff-SpineNet-D1 640", "retinanet/eff_spinenet_d1_coco.gin",
+     5.2, 6.0),
+    ("RetinaNet Eff-SpineNet-D2 768", "retinanet/eff_spinenet_d2_coco.gin",
+     6.2, 10.3),
 )
 
 
@@ -91,7 +115,7 @@ def _relative(measured, published):
 
 
 def print_table():
-  header = (f"{'model':32s} {'params (M)':>10s} {'published':>9s} {'diff':>7s} "
+  header = (f"{'model':38s} {'params (M)':>10s} {'published':>9s} {'diff':>7s} "
             f"{'MAdds (B)':>10s} {'published':>9s} {'diff':>7s}")
   print(header)
   print("-" * len(header))
@@ -99,8 +123,8 @@ def print_table():
     path = os.path.join(REPO_ROOT, "configs", "experiments", experiment)
     stats = model_stats([path])
     p, m = stats["params"] / 1e6, stats["multiply_adds"] / 1e9
-    print(f"{name:32s} {p:10.2f} {params_m:9.1f} {_relative(p, params_m):>7s} "
-          f"{m:10.2f} {madds_b:9.1f} {_relative(m, madds_b):>7s}", flush=True)
+    print(f"{name:38s} {p:10.2f} {params_m:9g} {_relative(p, params_m):>7s} "
+          f"{m:10.2f} {madds_b:9g} {_relative(m, madds_b):>7s}", flush=True)
 
 
 def main(argv):

@@ -92,6 +92,84 @@ def resnet_backbone(input_shape, model_id=50, min_level=2, max_level=5,
       dropblock_keep_prob=dropblock_keep_prob, dropblock_size=dropblock_size)
 
 
+# --- MBConv scale-permuted backbones (issue 5): SpineNet-MBConv, Eff-SpineNet.
+
+
+@gin.configurable("spinenet_mbconv", denylist=COMMON_ARGS)
+def spinenet_mbconv_backbone(input_shape, model_id="49", block_specs=None,
+                             min_level=3, max_level=7,
+                             endpoints_num_filters=None,
+                             filter_size_scale=None, block_filters=None,
+                             block_repeats=1, expand_ratio=6, kernel_size=3,
+                             se_ratio=0.2, fusion_mode="sum",
+                             fusion_epsilon=1e-3,
+                             downsample_mode="strided_conv",
+                             require_divisible_input=True, activation="relu",
+                             use_sync_bn=False, norm_momentum=0.99,
+                             norm_epsilon=1e-3,
+                             init_stochastic_depth_rate=0.0,
+                             dropblock_keep_prob=None, dropblock_size=3):
+  """SpineNet-`model_id` with MBConv blocks (49, 49S, 49XS, 49XXS).
+
+  Scaling arguments left None come from the model id; explicit signature so
+  gin rejects a misspelt binding.
+  """
+  overrides = dict(endpoints_num_filters=endpoints_num_filters,
+                   filter_size_scale=filter_size_scale,
+                   block_specs=block_specs)
+  overrides = {k: v for k, v in overrides.items() if v is not None}
+  return backbone_registry.BACKBONES["spinenet_mbconv"](
+      input_shape, model_id, min_level=min_level, max_level=max_level,
+      block_filters=block_filters, block_repeats=block_repeats,
+      expand_ratio=expand_ratio, kernel_size=kernel_size, se_ratio=se_ratio,
+      fusion_mode=fusion_mode, fusion_epsilon=fusion_epsilon,
+      downsample_mode=downsample_mode,
+      require_divisible_input=require_divisible_input, activation=activation,
+      use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
+      norm_epsilon=norm_epsilon,
+      init_stochastic_depth_rate=init_stochastic_depth_rate,
+      dropblock_keep_prob=dropblock_keep_prob, dropblock_size=dropblock_size,
+      **overrides)
+
+
+@gin.configurable("eff_spinenet", denylist=COMMON_ARGS)
+def eff_spinenet_backbone(input_shape, model_id="D0", block_filters=None,
+                          feature_multiplier=None, block_repeats=None,
+                          endpoints_num_filters=None, fusion_mode="weighted",
+                          fusion_epsilon=1e-3,
+                          downsample_mode="space_to_depth", min_level=3,
+                          max_level=7, expand_ratio=6, kernel_size=3,
+                          se_ratio=0.2, stem_filters=None,
+                          require_divisible_input=True, activation="relu",
+                          use_sync_bn=False, norm_momentum=0.99,
+                          norm_epsilon=1e-3, init_stochastic_depth_rate=0.0,
+                          dropblock_keep_prob=None, dropblock_size=3):
+  """Eff-SpineNet-`model_id` (M0..M2, D0..D2) or SP-EfficientNet-B0 ("B0").
+
+  block_filters: 18 Table-1 widths before the feature multiplier (what
+  `python -m official.resource_distribution` writes); None takes Table 1.
+  fusion_mode ("weighted"/"sum") and downsample_mode
+  ("space_to_depth"/"strided_conv") are the Table 9 switches.
+  """
+  extra = {} if stem_filters is None else dict(stem_filters=stem_filters)
+  return backbone_registry.BACKBONES["eff_spinenet"](
+      input_shape, model_id, block_filters=block_filters,
+      feature_multiplier=feature_multiplier, block_repeats=block_repeats,
+      endpoints_num_filters=endpoints_num_filters, fusion_mode=fusion_mode,
+      fusion_epsilon=fusion_epsilon, downsample_mode=downsample_mode,
+      min_level=min_level, max_level=max_level, expand_ratio=expand_ratio,
+      kernel_size=kernel_size, se_ratio=se_ratio,
+      require_divisible_input=require_divisible_input, activation=activation,
+      use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
+      norm_epsilon=norm_epsilon,
+      init_stochastic_depth_rate=init_stochastic_depth_rate,
+      dropblock_keep_prob=dropblock_keep_prob, dropblock_size=dropblock_size,
+      **extra)
+
+
+# --- end of the MBConv scale-permuted backbones.
+
+
 @gin.configurable("fpn", denylist=("input_specs", "activation",
                                     "use_sync_bn", "norm_momentum",
                                     "norm_epsilon"))

@@ -32,6 +32,8 @@ def read_metrics(model_dir):
     ("configs/smoke/classification.gin", "digits_records.data_dir",
      "top_1_accuracy"),
     ("configs/smoke/retinanet.gin", "synthetic_coco_records.data_dir", "AP50"),
+    ("configs/smoke/eff_spinenet_m0.gin", "synthetic_coco_records.data_dir",
+     "AP50"),
 ])
 def test_smoke_config_trains_evaluates_and_reevaluates(tmp_path, config,
                                                        data_param, metric):

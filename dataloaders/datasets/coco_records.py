@@ -46,15 +46,15 @@ import collections
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import random
-import uuid
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 from PIL import Image
+
+from dataloaders.datasets import sharded_writer
 
 # The shard order must not change between runs: a fixed seed, not a flag.
 _SHARD_ORDER_SEED = 12345
@@ -69,9 +69,6 @@ _SKIP_REASONS = {
 
 # At most this many skipped annotations are logged one by one.
 _MAX_SKIPS_LOGGED = 10
-
-# Set in each worker process by `_init_worker`: shared count of images done.
-_progress_counter = None
 
 # One object of an image, in the form the shard writers need.
 _Object = collections.namedtuple(
@@ -388,35 +385,11 @@ def _float_feature(values):
   return tf.train.Feature(float_list=tf.train.FloatList(value=values))
 
 
-def _init_worker(counter):
-  """Pool initializer: keeps the shared progress counter (a ctypes Value)."""
-  global _progress_counter  # pylint: disable=global-statement
-  _progress_counter = counter
-
-
 def _write_shard(task):
-  """Writes one shard under its temporary name, then renames it.
-
-  Args:
-    task: (final path, temporary path, [_ImageTask], include_masks).
-
-  Returns:
-    (final path, number of examples written).
-  """
+  """Writes one shard: task is (path, temporary path, [_ImageTask], masks)."""
   path, tmp_path, images, include_masks = task
-  try:
-    with tf.io.TFRecordWriter(tmp_path) as writer:
-      for image in images:
-        writer.write(_make_example(image, include_masks))
-        if _progress_counter is not None:
-          with _progress_counter.get_lock():
-            _progress_counter.value += 1
-    tf.io.gfile.rename(tmp_path, path, overwrite=True)
-  except BaseException:
-    if tf.io.gfile.exists(tmp_path):
-      tf.io.gfile.remove(tmp_path)
-    raise
-  return path, len(images)
+  return sharded_writer.write_records(
+      path, tmp_path, (_make_example(image, include_masks) for image in images))
 
 
 def convert_coco(image_dir, object_annotations_file, output_file_prefix,
@@ -477,63 +450,13 @@ def convert_coco(image_dir, object_annotations_file, output_file_prefix,
   _check_files_exist(images, object_annotations_file)
 
   random.Random(_SHARD_ORDER_SEED).shuffle(images)
-  width = max(5, len(str(num_shards)))
-  # Temporary names share a token, so that the shards of workers stopped by
-  # a failure elsewhere can be found and removed.
-  token = uuid.uuid4().hex
-  tasks = []
-  for shard in range(num_shards):
-    path = (f"{output_file_prefix}-{shard:0{width}d}-of-"
-            f"{num_shards:0{width}d}.tfrecord")
-    begin = shard * len(images) // num_shards
-    end = (shard + 1) * len(images) // num_shards
-    tasks.append((path, f"{path}.tmp-{token}", images[begin:end],
-                  bool(include_masks)))
-  parent = os.path.dirname(output_file_prefix)
-  if parent:
-    tf.io.gfile.makedirs(parent)
-
-  if num_processes is None:
-    num_processes = min(num_shards, os.cpu_count() or 1)
-  num_processes = max(1, min(int(num_processes), num_shards))
-  progress = None
-  if show_progress:
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    progress = tqdm(total=len(images), unit="img",
-                    desc=os.path.basename(output_file_prefix))
-  written = []
-  try:
-    if num_processes == 1:
-      for task in tasks:
-        written.append(_write_shard(task))
-        if progress is not None:
-          progress.update(len(task[2]))
-    else:
-      # spawn, not fork: the parent may have TF threads running, and a fork
-      # of a threaded process can deadlock.
-      context = multiprocessing.get_context("spawn")
-      counter = context.Value("q", 0)
-      with context.Pool(num_processes, initializer=_init_worker,
-                        initargs=(counter,)) as pool:
-        result = pool.map_async(_write_shard, tasks, chunksize=1)
-        while not result.ready():
-          result.wait(0.5)
-          if progress is not None:
-            progress.update(counter.value - progress.n)
-        written = result.get()  # Re-raises a worker's error.
-        if progress is not None:
-          progress.update(len(images) - progress.n)
-  except BaseException:
-    # Shards already complete belong to a failed conversion: remove them as
-    # well, so that a glob never picks up a partial set.
-    for path, tmp_path, _, _ in tasks:
-      for leftover in (tmp_path, path):
-        if tf.io.gfile.exists(leftover):
-          tf.io.gfile.remove(leftover)
-    raise
-  finally:
-    if progress is not None:
-      progress.close()
+  paths = sharded_writer.shard_paths(output_file_prefix, num_shards)
+  tasks = [(path, tmp_path, part, bool(include_masks))
+           for (path, tmp_path), part in zip(
+               paths, sharded_writer.split(images, num_shards))]
+  written = sharded_writer.write_shards(
+      _write_shard, tasks, paths, len(images), num_processes,
+      desc=os.path.basename(output_file_prefix), show_progress=show_progress)
 
   return {
       "num_images": sum(count for _, count in written),

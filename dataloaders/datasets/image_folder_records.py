@@ -29,7 +29,6 @@ complete, so a failure never leaves a truncated shard under a final name.
 """
 
 import io
-import multiprocessing
 import os
 import random
 import uuid
@@ -37,13 +36,12 @@ import uuid
 import tensorflow as tf
 from PIL import Image
 
+from dataloaders.datasets import sharded_writer
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 # The shard order must not change between runs: a fixed seed, not a flag.
 _SHARD_ORDER_SEED = 12345
-
-# Set in each worker process by `_init_worker`: shared count of images done.
-_progress_counter = None
 
 
 def read_label_file(label_file):
@@ -244,35 +242,11 @@ def _make_example(path, label, class_name):
   })).SerializeToString()
 
 
-def _init_worker(counter):
-  """Pool initializer: keeps the shared progress counter (a ctypes Value)."""
-  global _progress_counter  # pylint: disable=global-statement
-  _progress_counter = counter
-
-
 def _write_shard(task):
-  """Writes one shard under its temporary name, then renames it.
-
-  Args:
-    task: (final path, temporary path, [(image path, label, class name)]).
-
-  Returns:
-    (final path, number of examples written).
-  """
+  """Writes one shard: task is (path, tmp path, [(image, label, name)])."""
   path, tmp_path, examples = task
-  try:
-    with tf.io.TFRecordWriter(tmp_path) as writer:
-      for image_path, label, class_name in examples:
-        writer.write(_make_example(image_path, label, class_name))
-        if _progress_counter is not None:
-          with _progress_counter.get_lock():
-            _progress_counter.value += 1
-    tf.io.gfile.rename(tmp_path, path, overwrite=True)
-  except BaseException:
-    if tf.io.gfile.exists(tmp_path):
-      tf.io.gfile.remove(tmp_path)
-    raise
-  return path, len(examples)
+  return sharded_writer.write_records(
+      path, tmp_path, (_make_example(*example) for example in examples))
 
 
 def _write_text_atomically(path, text):
@@ -333,63 +307,12 @@ def convert_image_folders(input_dir, output_prefix, num_shards=8,
 
   random.Random(_SHARD_ORDER_SEED).shuffle(examples)
   examples = [(path, label, class_names[label]) for path, label in examples]
-  width = max(5, len(str(num_shards)))
-  # Temporary names share a token, so that the shards of workers stopped by
-  # a failure elsewhere can be found and removed.
-  token = uuid.uuid4().hex
-  tasks = []
-  for shard in range(num_shards):
-    path = (f"{output_prefix}-{shard:0{width}d}-of-"
-            f"{num_shards:0{width}d}.tfrecord")
-    begin = shard * len(examples) // num_shards
-    end = (shard + 1) * len(examples) // num_shards
-    tasks.append((path, f"{path}.tmp-{token}", examples[begin:end]))
-  parent = os.path.dirname(output_prefix)
-  if parent:
-    tf.io.gfile.makedirs(parent)
-
-  if num_processes is None:
-    num_processes = min(num_shards, os.cpu_count() or 1)
-  num_processes = max(1, min(int(num_processes), num_shards))
-  progress = None
-  if show_progress:
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-    progress = tqdm(total=len(examples), unit="img",
-                    desc=f"{os.path.basename(output_prefix)}")
-  written = []
-  try:
-    if num_processes == 1:
-      for task in tasks:
-        written.append(_write_shard(task))
-        if progress is not None:
-          progress.update(len(task[2]))
-    else:
-      # spawn, not fork: the parent may have TF threads running, and a fork
-      # of a threaded process can deadlock.
-      context = multiprocessing.get_context("spawn")
-      counter = context.Value("q", 0)
-      with context.Pool(num_processes, initializer=_init_worker,
-                        initargs=(counter,)) as pool:
-        result = pool.map_async(_write_shard, tasks, chunksize=1)
-        while not result.ready():
-          result.wait(0.5)
-          if progress is not None:
-            progress.update(counter.value - progress.n)
-        written = result.get()  # Re-raises a worker's error.
-        if progress is not None:
-          progress.update(len(examples) - progress.n)
-  except BaseException:
-    # The pool has been terminated (its workers joined) by now. Shards
-    # already complete belong to a failed conversion: remove them as well, so
-    # that a glob never picks up a partial set.
-    for path, tmp_path, _ in tasks:
-      for leftover in (tmp_path, path):
-        if tf.io.gfile.exists(leftover):
-          tf.io.gfile.remove(leftover)
-    raise
-  finally:
-    if progress is not None:
-      progress.close()
+  paths = sharded_writer.shard_paths(output_prefix, num_shards)
+  tasks = [(path, tmp_path, part) for (path, tmp_path), part in zip(
+      paths, sharded_writer.split(examples, num_shards))]
+  written = sharded_writer.write_shards(
+      _write_shard, tasks, paths, len(examples), num_processes,
+      desc=os.path.basename(output_prefix), show_progress=show_progress)
 
   labels_path = f"{output_prefix}-labels.txt"
   _write_text_atomically(labels_path, "".join(f"{n}\n" for n in class_names))

@@ -9,10 +9,14 @@ norm_momentum, norm_epsilon, init_stochastic_depth_rate, dropblock_keep_prob
 and dropblock_size.
 """
 
+from modeling.backbones.eff_spinenet import eff_spinenet
 from modeling.backbones.resnet import resnet
 from modeling.backbones.spinenet import spinenet
+from modeling.backbones.spinenet_mbconv import spinenet_mbconv
 
 BACKBONES = {
     "spinenet": spinenet,
     "resnet": resnet,
+    "spinenet_mbconv": spinenet_mbconv,
+    "eff_spinenet": eff_spinenet,
 }

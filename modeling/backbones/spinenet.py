@@ -77,13 +77,15 @@ STEM_FILTERS = 64
 
 
 def parse_block_specs(block_specs, num_init_blocks=2, min_level=3,
-                      max_level=7):
+                      max_level=7, block_types=None):
   """Validates raw spec entries and returns a list of BlockSpec.
 
   Args:
     block_specs: sequence of (level, block_fn, parent offsets, is_output).
     num_init_blocks: stem blocks before the first spec block (offsets 0..n-1).
     min_level, max_level: endpoint levels; each needs exactly one output block.
+    block_types: allowed block_fn names (default: the residual blocks of
+      modeling.layers.blocks; SpineNet-MBConv passes ("mbconv",)).
   Raises:
     ValueError: naming the offending entry and the rule it breaks.
   """
@@ -105,9 +107,10 @@ def parse_block_specs(block_specs, num_init_blocks=2, min_level=3,
     if isinstance(level, bool) or not isinstance(level, int) or not (
         1 <= level <= 7):
       raise ValueError(f"{where}: level {level!r} is outside 1..7.")
-    if block_fn not in BLOCKS:
+    allowed = BLOCKS if block_types is None else block_types
+    if block_fn not in allowed:
       raise ValueError(f"{where}: unknown block type {block_fn!r}; expected "
-                       f"one of {sorted(BLOCKS)}.")
+                       f"one of {sorted(allowed)}.")
     offsets = tuple(offsets) if isinstance(offsets, (list, tuple)) else (
         offsets,)
     if not offsets:

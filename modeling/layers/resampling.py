@@ -12,6 +12,8 @@ import keras
 import tensorflow as tf
 
 from modeling.layers.conv_bn import ConvBNAct
+from modeling.layers.mbconv import DepthwiseConvBNAct
+from modeling.layers.tracking import tracked_list
 
 
 def level_size(image_size, level):
@@ -128,3 +130,109 @@ class SpineNetResample(keras.layers.Layer):
         use_sync_bn=self.use_sync_bn, norm_momentum=self.norm_momentum,
         norm_epsilon=self.norm_epsilon)
     return config
+
+
+DOWNSAMPLE_MODES = ("strided_conv", "space_to_depth")
+
+
+@keras.saving.register_keras_serializable(package="spinenet")
+class MBConvResample(keras.layers.Layer):
+  """Resampling for MBConv scale-permuted backbones (no alpha, no first 1x1 conv).
+
+  Maps [batch, H_in, W_in, C_in] to [batch, H_t, W_t, target_filters]:
+  - up (target level lower): nearest-neighbour upsampling;
+  - down by d levels, downsample_mode "strided_conv" (SpineNet-MBConv,
+    SpineNet appendix A; Model Garden's spinenet_mbconv does the same):
+    d x (depthwise 3x3 stride-2 conv + BN + activation) on C_in channels;
+  - down by d levels, downsample_mode "space_to_depth" (Eff-SpineNet §3.2,
+    "space-to-depth followed by stride-2 convolutions"): a 2x2
+    space-to-depth (C_in -> 4 C_in channels, one level down), then
+    (d - 1) x (depthwise 3x3 stride-2 conv + BN + activation) on the
+    4 C_in channels. No published code exists; this reading keeps every
+    input pixel for the first halving (nothing is skipped by a stride) and
+    gives the paper's Table 9 deltas in direction and size (space-to-depth
+    adds a little: the final 1x1 conv sees 4x the channels);
+  - finally a 1x1 conv to target_filters + BN, no activation (the fusion
+    activates after summing).
+
+  Args:
+    input_level, target_level: levels of the parent and of the target block.
+    target_size: (height, width) of the target feature map.
+    target_filters: output width (the target block's input width).
+    downsample_mode: "strided_conv" or "space_to_depth".
+    activation, use_sync_bn, norm_momentum, norm_epsilon: as ConvBNAct.
+  """
+
+  def __init__(self, input_level, target_level, target_size, target_filters,
+               downsample_mode="strided_conv", activation="swish",
+               use_sync_bn=False, norm_momentum=0.99, norm_epsilon=1e-3,
+               **kwargs):
+    super().__init__(**kwargs)
+    if downsample_mode not in DOWNSAMPLE_MODES:
+      raise ValueError(f"{self.name}: unknown downsample_mode "
+                       f"{downsample_mode!r}; expected one of "
+                       f"{DOWNSAMPLE_MODES}.")
+    self.input_level = int(input_level)
+    self.target_level = int(target_level)
+    self.target_size = tuple(int(s) for s in target_size)
+    self.target_filters = int(target_filters)
+    self.downsample_mode = downsample_mode
+    self.activation = activation
+    self.use_sync_bn = use_sync_bn
+    self.norm_momentum = norm_momentum
+    self.norm_epsilon = norm_epsilon
+    bn = dict(use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
+              norm_epsilon=norm_epsilon)
+    levels_down = max(0, self.target_level - self.input_level)
+    self.space_to_depth = levels_down > 0 and downsample_mode == "space_to_depth"
+    num_convs = levels_down - 1 if self.space_to_depth else levels_down
+    self.downsample = tracked_list(self, "downsample", [
+        DepthwiseConvBNAct(3, 2, activation, name=f"downsample_{i}", **bn)
+        for i in range(num_convs)])
+    self.project = ConvBNAct(self.target_filters, 1, 1, None, name="project",
+                             **bn)
+
+  def build(self, input_shape):
+    shape = tuple(input_shape)
+    if self.space_to_depth:
+      shape = (shape[0], None, None, 4 * shape[-1])
+    for layer in self.downsample:
+      layer.build(shape)
+    self.project.build(shape[:1] + self.target_size + shape[-1:])
+
+  def call(self, inputs, training=None):
+    x = inputs
+    if self.space_to_depth:
+      x = _space_to_depth(x)
+    for layer in self.downsample:
+      x = layer(x, training=training)
+    if self.target_level < self.input_level:
+      x = nearest_resize(x, *self.target_size)
+    return self.project(x, training=training)
+
+  def compute_output_shape(self, input_shape):
+    return (input_shape[0],) + self.target_size + (self.target_filters,)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(
+        input_level=self.input_level, target_level=self.target_level,
+        target_size=self.target_size, target_filters=self.target_filters,
+        downsample_mode=self.downsample_mode, activation=self.activation,
+        use_sync_bn=self.use_sync_bn, norm_momentum=self.norm_momentum,
+        norm_epsilon=self.norm_epsilon)
+    return config
+
+
+def _space_to_depth(x):
+  """2x2 space-to-depth of [batch, h, w, c] -> [batch, ceil(h/2), ceil(w/2), 4c].
+
+  Odd sides are zero-padded at the bottom/right first, matching the
+  ceil(size / 2) level sizes of 'same' strided convs.
+  """
+  height, width = x.shape[1], x.shape[2]
+  pad_h = (height or 0) % 2
+  pad_w = (width or 0) % 2
+  if pad_h or pad_w:
+    x = tf.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+  return tf.nn.space_to_depth(x, 2)

@@ -1,0 +1,293 @@
+"""SpineNet with MBConv blocks (SpineNet appendix A) and its generalisation.
+
+SpineNetMBConv is the scale-permuted network of SpineNet-49 built from
+MBConv blocks: the model of SpineNet-49 / 49S / 49XS / 49XXS (mobile
+detection) and, with per-block widths, per-block repeats, weighted fusion and
+space-to-depth resampling, of SP-EfficientNet-B0 and Eff-SpineNet
+(modeling/backbones/eff_spinenet.py). The architecture is data: block specs
+(level, "mbconv", parent offsets, is_output) validated by
+spinenet.parse_block_specs, plus one width per block.
+
+Network (REFERENCE §2):
+- stem: 3x3 stride-2 conv + BN + act to `stem_filters` (8 x scale), then two
+  stem MBConv groups: level 1 (stride 1) and level 2 (stride 2). They are
+  blocks 0 and 1 of the offsets (and blocks 1 and 2 of Eff-SpineNet's
+  Table 1 numbering).
+- every spec block: each parent is resampled to the block's width by
+  MBConvResample, the resampled parents (plus, for an output block, every
+  unconsumed earlier block of the same shape) are fused by BlockFusion (sum or
+  weighted) and activated, then an MBConv group of `block_repeats` blocks of
+  the same width (stride 1, so the identity shortcut is on).
+- endpoints: 1x1 conv + BN + act to endpoints_num_filters at levels
+  min_level..max_level.
+
+Choices written down here as the project rule (evidence in
+configs/experiments/retinanet/spinenet49_mbconv_coco.gin and
+official/model_stats.py):
+- Widths are int(map[level] * filter_size_scale) (Model Garden's rule), no
+  rounding to multiples of 8.
+- Stochastic depth ramps over the spec blocks (block k of N at
+  init_rate * k / N, N = 16); the stem blocks get none.
+- DropBlock is not implemented for MBConv blocks (no protocol uses it with
+  them); dropblock_keep_prob must be None.
+"""
+
+import logging
+
+import keras
+
+from modeling.backbones.spinenet import BlockSpec, check_input_size
+from modeling.backbones.spinenet import parse_block_specs
+from modeling.layers.conv_bn import ConvBNAct
+from modeling.layers.fusion import BlockFusion
+from modeling.layers.mbconv import MBConvBlock
+from modeling.layers.resampling import DOWNSAMPLE_MODES, MBConvResample
+from modeling.layers.resampling import level_size
+
+BLOCK_TYPES = ("mbconv",)
+
+# REFERENCE §2: 16 MBConv blocks, (level, block type, parent offsets,
+# is_output); offsets 0 and 1 are the level-1 and level-2 stem blocks.
+MBCONV_BLOCK_SPECS = (
+    (2, "mbconv", (0, 1), False),
+    (2, "mbconv", (1, 2), False),
+    (4, "mbconv", (1, 2), False),
+    (3, "mbconv", (3, 4), False),
+    (4, "mbconv", (3, 5), False),
+    (6, "mbconv", (4, 6), False),
+    (4, "mbconv", (4, 6), False),
+    (5, "mbconv", (7, 8), False),
+    (7, "mbconv", (7, 9), False),
+    (5, "mbconv", (9, 10), False),
+    (5, "mbconv", (9, 11), False),
+    (4, "mbconv", (6, 11), True),
+    (3, "mbconv", (5, 11), True),
+    (5, "mbconv", (8, 13), True),
+    (7, "mbconv", (6, 15), True),
+    (6, "mbconv", (13, 15), True),
+)
+
+# MBConv width per level (level 0: the stem conv) before filter_size_scale.
+FILTER_SIZE_MAP = {0: 8, 1: 16, 2: 24, 3: 40, 4: 80, 5: 112, 6: 112, 7: 112}
+
+# Levels of the two stem MBConv blocks and their strides.
+STEM_LEVELS = (1, 2)
+STEM_STRIDES = (1, 2)
+
+# REFERENCE §2 and SpineNet appendix A. 49XXS is 49XS at 256 px (first
+# paper version); the 256 px input is the experiment's.
+SCALING_MAP = {
+    "49": dict(endpoints_num_filters=48, filter_size_scale=1.0),
+    "49S": dict(endpoints_num_filters=40, filter_size_scale=0.65),
+    "49XS": dict(endpoints_num_filters=24, filter_size_scale=0.6),
+    "49XXS": dict(endpoints_num_filters=24, filter_size_scale=0.6),
+}
+
+
+def _check_per_block(name, values, num_blocks, low=1):
+  """A list of `num_blocks` integers >= low, or a ValueError naming the entry."""
+  values = list(values)
+  if len(values) != num_blocks:
+    raise ValueError(
+        f"{name} has {len(values)} entries but the network has {num_blocks} "
+        f"blocks (2 stem blocks + {num_blocks - 2} spec blocks); give one "
+        "per block, stem blocks first.")
+  for i, value in enumerate(values):
+    if isinstance(value, bool) or int(value) != value or value < low:
+      raise ValueError(f"{name}[{i}] (block {i + 1}) is {value!r}; expected "
+                       f"an integer >= {low}.")
+  return [int(v) for v in values]
+
+
+def level_widths(specs, filter_size_scale=1.0):
+  """Per-block widths from FILTER_SIZE_MAP: stem blocks first, then the specs."""
+  levels = list(STEM_LEVELS) + [s.level for s in specs]
+  return [int(FILTER_SIZE_MAP[level] * filter_size_scale) for level in levels]
+
+
+@keras.saving.register_keras_serializable(package="spinenet")
+class SpineNetMBConv(keras.Model):
+  """Scale-permuted backbone of MBConv blocks.
+
+  Call: images [batch, H, W, 3] float -> dict str(level) -> [batch,
+  ceil(H / 2^level), ceil(W / 2^level), endpoints_num_filters] for levels
+  min_level..max_level.
+
+  Args:
+    input_shape: (H, W, 3); H and W divide by 2^max_level unless
+      require_divisible_input is False.
+    block_specs: (level, "mbconv", parent offsets, is_output) entries.
+    min_level, max_level: endpoint levels.
+    endpoints_num_filters: width of every endpoint.
+    filter_size_scale: multiplies FILTER_SIZE_MAP (used when block_filters
+      is None, and for the stem conv when stem_filters is None).
+    block_filters: None or one output width per block, the 2 stem blocks
+      first (Eff-SpineNet Table 1 order).
+    stem_filters: width of the stem conv (None: int(8 * filter_size_scale)).
+    block_repeats: an int, or one int per block (stem blocks first).
+    expand_ratio, kernel_size, se_ratio: MBConv parameters.
+    fusion_mode, fusion_epsilon: see BlockFusion.
+    downsample_mode: "strided_conv" or "space_to_depth" (MBConvResample).
+    init_stochastic_depth_rate: drop rate of the last spec block (0 = off).
+    activation: "relu", "swish" or "hard_swish".
+    use_sync_bn, norm_momentum, norm_epsilon: batch norm.
+    dropblock_keep_prob, dropblock_size: accepted for the backbone contract;
+      DropBlock is not supported here (keep_prob must be None).
+    require_divisible_input: check H, W against 2^max_level.
+  """
+
+  def __init__(self, input_shape=(384, 384, 3),
+               block_specs=MBCONV_BLOCK_SPECS, min_level=3, max_level=7,
+               endpoints_num_filters=48, filter_size_scale=1.0,
+               block_filters=None, stem_filters=None, block_repeats=1,
+               expand_ratio=6, kernel_size=3, se_ratio=0.2,
+               fusion_mode="sum", fusion_epsilon=1e-3,
+               downsample_mode="strided_conv",
+               init_stochastic_depth_rate=0.0, activation="swish",
+               use_sync_bn=False, norm_momentum=0.99, norm_epsilon=1e-3,
+               dropblock_keep_prob=None, dropblock_size=3,
+               require_divisible_input=True, name="spinenet_mbconv"):
+    num_init_blocks = len(STEM_LEVELS)
+    specs = parse_block_specs(block_specs, num_init_blocks, min_level,
+                              max_level, block_types=BLOCK_TYPES)
+    num_blocks = num_init_blocks + len(specs)
+    input_shape = tuple(input_shape)
+    if require_divisible_input:
+      check_input_size(input_shape[:2], max_level)
+    if dropblock_keep_prob is not None:
+      raise ValueError("SpineNetMBConv does not implement DropBlock; set "
+                       "dropblock_keep_prob=None (regularization."
+                       "dropblock_keep_prob in gin).")
+    if downsample_mode not in DOWNSAMPLE_MODES:
+      raise ValueError(f"Unknown downsample_mode {downsample_mode!r}; "
+                       f"expected one of {DOWNSAMPLE_MODES}.")
+    if block_filters is None:
+      widths = level_widths(specs, filter_size_scale)
+    else:
+      widths = _check_per_block("block_filters", block_filters, num_blocks)
+    if isinstance(block_repeats, int) and not isinstance(block_repeats, bool):
+      if block_repeats < 1:
+        raise ValueError(f"block_repeats must be >= 1, got {block_repeats}")
+      repeats = [block_repeats] * num_blocks
+    else:
+      repeats = _check_per_block("block_repeats", block_repeats, num_blocks)
+    if stem_filters is None:
+      stem_filters = int(FILTER_SIZE_MAP[0] * filter_size_scale)
+    bn = dict(use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
+              norm_epsilon=norm_epsilon)
+
+    def block_group(x, filters, strides, repeat, sd_rate, name):
+      for r in range(repeat):
+        x = MBConvBlock(
+            x.shape[-1], filters, strides=strides if r == 0 else 1,
+            expand_ratio=expand_ratio, kernel_size=kernel_size,
+            se_ratio=se_ratio, stochastic_depth_rate=sd_rate,
+            activation=activation, name=f"{name}_repeat_{r + 1}", **bn)(x)
+      return x
+
+    height, width = input_shape[0], input_shape[1]
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = ConvBNAct(stem_filters, 3, 2, activation, name="stem_conv", **bn)(
+        inputs)
+    net, net_levels = [], []
+    for i, (level, strides) in enumerate(zip(STEM_LEVELS, STEM_STRIDES)):
+      x = block_group(x, widths[i], strides, repeats[i], None,
+                      f"stem_block_{i + 1}")
+      net.append(x)
+      net_levels.append(level)
+    out_degree = [0] * len(net)
+
+    endpoints = {}
+    for k, spec in enumerate(specs, start=1):
+      index = num_init_blocks + k - 1
+      filters = widths[index]
+      target_size = (level_size(height, spec.level),
+                     level_size(width, spec.level))
+      parents = []
+      for j, offset in enumerate(spec.input_offsets):
+        parents.append(MBConvResample(
+            net_levels[offset], spec.level, target_size, filters,
+            downsample_mode=downsample_mode, activation=activation,
+            name=f"block_{k}_resample_{j + 1}", **bn)(net[offset]))
+        out_degree[offset] += 1
+      if spec.is_output:
+        for j, feature in enumerate(net):
+          if (out_degree[j] == 0 and tuple(feature.shape[1:]) ==
+              target_size + (filters,)):
+            parents.append(feature)
+            out_degree[j] += 1
+      x = BlockFusion(fusion_mode, fusion_epsilon, activation,
+                      name=f"block_{k}_fusion")(parents)
+      x = block_group(
+          x, filters, 1, repeats[index],
+          init_stochastic_depth_rate * k / len(specs)
+          if init_stochastic_depth_rate else None, f"block_{k}")
+      net.append(x)
+      net_levels.append(spec.level)
+      out_degree.append(0)
+      if spec.is_output:
+        if min_level <= spec.level <= max_level:
+          endpoints[spec.level] = x
+        else:
+          logging.info("SpineNetMBConv output block %d at level %d is "
+                       "outside [%d, %d] and is not used.", k, spec.level,
+                       min_level, max_level)
+
+    outputs = {
+        str(level): ConvBNAct(endpoints_num_filters, 1, 1, activation,
+                              name=f"endpoint_{level}", **bn)(endpoints[level])
+        for level in range(min_level, max_level + 1)}
+    super().__init__(inputs=inputs, outputs=outputs, name=name)
+    self._spinenet_config = dict(
+        input_shape=input_shape,
+        block_specs=[tuple(s[:2]) + (tuple(s[2]), s[3]) for s in specs],
+        min_level=min_level, max_level=max_level,
+        endpoints_num_filters=endpoints_num_filters,
+        filter_size_scale=filter_size_scale,
+        block_filters=None if block_filters is None else widths,
+        stem_filters=stem_filters,
+        block_repeats=(block_repeats if isinstance(block_repeats, int)
+                       else repeats),
+        expand_ratio=expand_ratio, kernel_size=kernel_size,
+        se_ratio=se_ratio, fusion_mode=fusion_mode,
+        fusion_epsilon=fusion_epsilon, downsample_mode=downsample_mode,
+        init_stochastic_depth_rate=init_stochastic_depth_rate,
+        activation=activation, use_sync_bn=use_sync_bn,
+        norm_momentum=norm_momentum, norm_epsilon=norm_epsilon,
+        dropblock_keep_prob=dropblock_keep_prob, dropblock_size=dropblock_size,
+        require_divisible_input=require_divisible_input)
+    self.min_level = min_level
+    self.max_level = max_level
+    self.endpoints_num_filters = endpoints_num_filters
+    self.block_widths = list(widths)
+
+  @property
+  def output_specs(self):
+    """dict str(level) -> output shape, batch dimension None."""
+    return {k: tuple(v.shape) for k, v in self.output.items()}
+
+  def get_config(self):
+    return dict(self._spinenet_config, name=self.name)
+
+  @classmethod
+  def from_config(cls, config, custom_objects=None):
+    return cls(**config)
+
+
+def spinenet_mbconv(input_shape=(384, 384, 3), model_id="49", **overrides):
+  """Builds SpineNet-`model_id` with MBConv blocks (49, 49S, 49XS, 49XXS).
+
+  `overrides` are SpineNetMBConv arguments applied on top of the scaling.
+  """
+  model_id = str(model_id).upper()
+  if model_id not in SCALING_MAP:
+    raise ValueError(f"Unknown SpineNet-MBConv model_id {model_id!r}; "
+                     f"expected one of {list(SCALING_MAP)}.")
+  args = dict(SCALING_MAP[model_id])
+  args.update(overrides)
+  args.setdefault("name", f"spinenet{model_id.lower()}_mbconv")
+  return SpineNetMBConv(input_shape=input_shape, **args)
+
+
+__all__ = ["BlockSpec", "MBCONV_BLOCK_SPECS", "SpineNetMBConv",
+           "spinenet_mbconv"]
