@@ -54,6 +54,7 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image
 
+from dataloaders.datasets import encoded_images
 from dataloaders.datasets import sharded_writer
 
 # The shard order must not change between runs: a fixed seed, not a flag.
@@ -257,27 +258,6 @@ def _collect_images(data, annotation_file, image_dir, include_masks):
   return tasks, num_annotations, skipped, num_clipped
 
 
-def _image_format(data):
-  """'jpeg' or 'png' from the leading bytes; None for anything else."""
-  if data[:3] == b"\xff\xd8\xff":
-    return "jpeg"
-  if data[:8] == b"\x89PNG\r\n\x1a\n":
-    return "png"
-  return None
-
-
-def _decoded_size(data, where):
-  """(height, width) of an encoded image, after checking it decodes fully."""
-  try:
-    with Image.open(io.BytesIO(data)) as image:
-      width, height = image.size
-      image.load()  # Decodes everything: truncated files fail here.
-  except Exception as e:  # PIL raises several types for bad data.
-    raise ValueError(f"Cannot decode {where}: {e}; expected a complete JPEG "
-                     "or PNG image.") from e
-  return height, width
-
-
 def _instance_mask(segmentation, height, width, where):
   """uint8 [height, width] 0/1 mask of a polygon list or an RLE."""
   from pycocotools import mask as mask_utils  # pylint: disable=g-import-not-at-top
@@ -326,12 +306,12 @@ def _make_example(task, include_masks):
       data = f.read()
   except (tf.errors.OpError, OSError) as e:
     raise ValueError(f"Cannot read {where}: {e}") from e
-  image_format = _image_format(data)
+  image_format = encoded_images.image_format(data)
   if image_format is None:
     raise ValueError(f"{where[0].upper()}{where[1:]} is neither JPEG nor PNG "
                      f"(it starts with {data[:8]!r}); expected a JPEG or PNG "
                      "image.")
-  height, width = _decoded_size(data, where)
+  height, width = encoded_images.decoded_size(data, where)
   if (height, width) != (task.height, task.width):
     raise ValueError(
         f"{where[0].upper()}{where[1:]} is {height}x{width} (height x "

@@ -28,14 +28,13 @@ order. Each shard is written under a temporary name and renamed when
 complete, so a failure never leaves a truncated shard under a final name.
 """
 
-import io
 import os
 import random
 import uuid
 
 import tensorflow as tf
-from PIL import Image
 
+from dataloaders.datasets import encoded_images
 from dataloaders.datasets import sharded_writer
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -191,27 +190,6 @@ def _collect_flat_folder(input_dir, image_labels, class_names):
   return examples, class_names
 
 
-def _image_format(data):
-  """'jpeg' or 'png' from the leading bytes; None for anything else."""
-  if data[:3] == b"\xff\xd8\xff":
-    return "jpeg"
-  if data[:8] == b"\x89PNG\r\n\x1a\n":
-    return "png"
-  return None
-
-
-def _image_size(path, data):
-  """(height, width) of an encoded image, after checking it decodes fully."""
-  try:
-    with Image.open(io.BytesIO(data)) as image:
-      width, height = image.size
-      image.load()  # Decodes everything: truncated files fail here.
-  except Exception as e:  # PIL raises several types for bad data.
-    raise ValueError(f"Cannot decode image file '{path}': {e}; expected a "
-                     "complete JPEG or PNG image.") from e
-  return height, width
-
-
 def _make_example(path, label, class_name):
   """Serialized tf.Example of one image file."""
   try:
@@ -219,12 +197,12 @@ def _make_example(path, label, class_name):
       data = f.read()
   except (tf.errors.OpError, OSError) as e:
     raise ValueError(f"Cannot read image file '{path}': {e}") from e
-  image_format = _image_format(data)
+  image_format = encoded_images.image_format(data)
   if image_format is None:
     raise ValueError(f"Image file '{path}' is neither JPEG nor PNG (it "
                      f"starts with {data[:8]!r}); expected a JPEG or PNG "
                      "image.")
-  height, width = _image_size(path, data)
+  height, width = encoded_images.decoded_size(data, f"image file '{path}'")
 
   def bytes_feature(value):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
