@@ -12,6 +12,7 @@ as written by `dataloaders.datasets.image_folder_records`.
 
 import tensorflow as tf
 
+from dataloaders import batching
 from dataloaders import readers
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -259,17 +260,8 @@ def classification_dataset(file_pattern, training, global_batch_size,
     FileNotFoundError: when `file_pattern` matches nothing.
     ValueError: when the batch size or the TFDS arguments are inconsistent.
   """
-  if input_context is not None:
-    batch_size = input_context.get_per_replica_batch_size(global_batch_size)
-    replicas_per_pipeline = max(
-        1, input_context.num_replicas_in_sync //
-        input_context.num_input_pipelines)
-  else:
-    batch_size = int(global_batch_size)
-    replicas_per_pipeline = 1
-  if batch_size <= 0:
-    raise ValueError(f"Batch size must be positive, got global_batch_size="
-                     f"{global_batch_size} (per replica: {batch_size}).")
+  batch_size, replicas_per_pipeline = batching.per_replica_batch(
+      global_batch_size, input_context)
 
   if tfds_name:
     if not tfds_split or not tfds_data_dir:
@@ -300,20 +292,7 @@ def classification_dataset(file_pattern, training, global_batch_size,
     dataset = dataset.map(lambda images, labels: (images, {"label": labels}))
   else:
     dataset = dataset.map(parser, num_parallel_calls=AUTOTUNE)
-    # Pad per group of batches that feeds this pipeline's replicas in one
-    # step, then split the group into per-replica batches.
-    group_size = batch_size * replicas_per_pipeline
-    dataset = dataset.batch(group_size, drop_remainder=False)
-    dataset = dataset.map(
-        lambda images, labels: _pad_eval_batch(images, labels, group_size))
-    if replicas_per_pipeline > 1:
-      dataset = dataset.unbatch().batch(batch_size, drop_remainder=True)
+    dataset = batching.batch_and_pad_eval(
+        dataset, batch_size, replicas_per_pipeline, _pad_eval_batch)
 
-  options = tf.data.Options()
-  options.deterministic = (seed is not None) or not training
-  if input_context is not None:
-    # Sharded by the readers already.
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.OFF)
-  dataset = dataset.with_options(options)
-  return dataset.prefetch(AUTOTUNE)
+  return batching.finish(dataset, training, seed, input_context)

@@ -40,6 +40,7 @@ transform, so detections in input pixels map back to the original image by
 
 import tensorflow as tf
 
+from dataloaders import batching
 from dataloaders import readers
 from dataloaders.classification import IMAGENET_MEAN_RGB
 from dataloaders.classification import IMAGENET_STDDEV_RGB
@@ -505,17 +506,8 @@ def retinanet_dataset(file_pattern, training, global_batch_size, parser,
     raise ValueError(
         f"retinanet_dataset(training={training}) was given a RetinaNetParser "
         f"built with training={parser.training}; expected the same mode.")
-  if input_context is not None:
-    batch_size = input_context.get_per_replica_batch_size(global_batch_size)
-    replicas_per_pipeline = max(
-        1, input_context.num_replicas_in_sync //
-        input_context.num_input_pipelines)
-  else:
-    batch_size = int(global_batch_size)
-    replicas_per_pipeline = 1
-  if batch_size <= 0:
-    raise ValueError(f"Batch size must be positive, got global_batch_size="
-                     f"{global_batch_size} (per replica: {batch_size}).")
+  batch_size, replicas_per_pipeline = batching.per_replica_batch(
+      global_batch_size, input_context)
 
   dataset = readers.tfrecord_dataset(
       file_pattern, training, input_context=input_context, seed=seed)
@@ -536,21 +528,7 @@ def retinanet_dataset(file_pattern, training, global_batch_size, parser,
     dataset = dataset.map(
         lambda serialized: parser(decode_detection_example(serialized)),
         num_parallel_calls=AUTOTUNE)
-    # Pad per group of batches that feeds this pipeline's replicas in one
-    # step, then split the group into per-replica batches.
-    group_size = batch_size * replicas_per_pipeline
-    dataset = dataset.batch(group_size, drop_remainder=False,
-                            num_parallel_calls=AUTOTUNE)
-    dataset = dataset.map(
-        lambda images, labels: _pad_eval_batch(images, labels, group_size))
-    if replicas_per_pipeline > 1:
-      dataset = dataset.unbatch().batch(batch_size, drop_remainder=True)
+    dataset = batching.batch_and_pad_eval(
+        dataset, batch_size, replicas_per_pipeline, _pad_eval_batch)
 
-  options = tf.data.Options()
-  options.deterministic = (seed is not None) or not training
-  if input_context is not None:
-    # Sharded by the reader already.
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.OFF)
-  dataset = dataset.with_options(options)
-  return dataset.prefetch(AUTOTUNE)
+  return batching.finish(dataset, training, seed, input_context)
