@@ -158,26 +158,27 @@ class RetinaNetParser:
       ValueError: when an argument is out of range, e.g. an output_size that
         is not a multiple of 2^max_level.
     """
+    name = type(self).__name__
     output_size = int(output_size)
     stride = 2 ** int(max_level)
     if output_size <= 0 or output_size % stride:
       raise ValueError(
-          f"RetinaNetParser: output_size={output_size} must be a positive "
+          f"{name}: output_size={output_size} must be a positive "
           f"multiple of 2^max_level = {stride} (max_level={max_level}), so "
           "that every feature level has a whole number of cells; e.g. "
           f"{max(stride, (output_size + stride - 1) // stride * stride)}.")
     if int(num_classes) < 2:
-      raise ValueError(f"RetinaNetParser: num_classes={num_classes} must be "
+      raise ValueError(f"{name}: num_classes={num_classes} must be "
                        ">= 2 (background 0 plus at least one class).")
     if not 0.0 < aug_scale_min <= aug_scale_max:
       raise ValueError(
-          "RetinaNetParser: need 0 < aug_scale_min <= aug_scale_max, got "
+          f"{name}: need 0 < aug_scale_min <= aug_scale_max, got "
           f"aug_scale_min={aug_scale_min}, aug_scale_max={aug_scale_max}.")
     if int(max_num_instances) < 1:
-      raise ValueError(f"RetinaNetParser: max_num_instances="
+      raise ValueError(f"{name}: max_num_instances="
                        f"{max_num_instances} must be >= 1.")
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-      raise ValueError(f"RetinaNetParser: mean and std must be 3 numbers "
+      raise ValueError(f"{name}: mean and std must be 3 numbers "
                        f"(std > 0), got mean={mean!r}, std={std!r}.")
     self.output_size = output_size
     self.min_level = int(min_level)
@@ -201,8 +202,9 @@ class RetinaNetParser:
     first_bad = tf.concat([tf.boolean_mask(classes, bad), [0]], 0)[0]
     check = tf.debugging.Assert(
         tf.logical_not(tf.reduce_any(bad)),
-        ["RetinaNetParser: record with source_id", source_id, "has class id",
-         first_bad, "outside [1, num_classes) with num_classes =",
+        [f"{type(self).__name__}: record with source_id", source_id,
+         "has class id", first_bad,
+         "outside [1, num_classes) with num_classes =",
          self.num_classes, "(class ids are used as they are: COCO category "
          "ids 1..90 need num_classes = 91; check the records and "
          "NUM_CLASSES)."])
@@ -274,6 +276,19 @@ class RetinaNetParser:
         [1, num_classes); the message gives the source_id, the class id and
         num_classes.
     """
+    out = self._transform(decoded, seed)
+    del out["instance_rows"], out["flipped"]
+    return out
+
+  def _transform(self, decoded, seed):
+    """`transform`, plus what instance masks need to follow their boxes.
+
+    Returns:
+      the dict of `transform` and
+        "instance_rows": int32 [M], the record row (index into the decoded
+          ground truths) of each kept box, 0 as padding.
+        "flipped": bool scalar, whether the image was flipped.
+    """
     image = decoded["image"]
     image.shape.with_rank(3)
     source_id = decoded.get("source_id", tf.constant(""))
@@ -298,6 +313,7 @@ class RetinaNetParser:
     if self.skip_crowd_during_training:
       keep = tf.logical_not(is_crowd)
 
+    flip = tf.constant(False)
     if self.training:
       if seed is None:
         seed = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
@@ -346,6 +362,9 @@ class RetinaNetParser:
                                   self.max_num_instances),
         "num_boxes": num_boxes,
         "image_info": image_info,
+        "instance_rows": _pad_or_truncate(tf.cast(rows, tf.int32),
+                                          self.max_num_instances),
+        "flipped": flip,
     }
 
   def _groundtruths(self, decoded):
@@ -423,18 +442,23 @@ class RetinaNetParser:
     return out["image"], labels
 
 
-def _pad_eval_batch(images, labels, batch_size):
-  """Pads a possibly short evaluation batch to `batch_size`.
+def pad_eval_batch(images, labels, batch_size,
+                   ignored_keys=("cls_targets",)):
+  """Pads a possibly short evaluation batch of a detection parser.
 
-  Padding examples have zero images, cls_targets -1 (ignored: no loss),
-  image_info with scale 1 (so mapping their detections back divides by 1,
-  not 0), every other label 0 (so num_groundtruths 0), groundtruths
-  source_id -1 and labels["valid"] False.
+  Padding examples have zero images, -1 (ignored: no loss) in every target
+  of `ignored_keys`, image_info with scale 1 (so mapping their detections
+  back divides by 1, not 0), every other label 0 (so num_groundtruths 0),
+  groundtruths source_id -1 and labels["valid"] False.
 
   Args:
     images: float32 [n, S, S, 3], n <= batch_size.
-    labels: dict of [n, ...] tensors (`RetinaNetParser` labels, batched).
+    labels: dict of [n, ...] tensors (`RetinaNetParser` or
+      `MaskRCNNParser` labels, batched).
     batch_size: int, the static batch size.
+    ignored_keys: label keys (each a dict of per-level targets) whose
+      padding is -1, e.g. "cls_targets" (RetinaNet), "rpn_score_targets"
+      (Mask R-CNN).
 
   Returns:
     (images [batch_size, S, S, 3], labels with every tensor [batch_size,
@@ -448,7 +472,8 @@ def _pad_eval_batch(images, labels, batch_size):
     return tf.ensure_shape(value, [batch_size] + value.shape[1:].as_list())
 
   labels = dict(labels)
-  cls_targets = {k: pad(v, -1) for k, v in labels.pop("cls_targets").items()}
+  ignored = {key: {k: pad(v, -1) for k, v in labels.pop(key).items()}
+             for key in ignored_keys if key in labels}
   padding_info = tf.constant([[0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
   image_info = tf.concat(
       [labels.pop("image_info"),
@@ -456,7 +481,7 @@ def _pad_eval_batch(images, labels, batch_size):
   groundtruths = dict(labels.pop("groundtruths", {}))
   source_id = groundtruths.pop("source_id", None)
   labels = tf.nest.map_structure(pad, labels)
-  labels["cls_targets"] = cls_targets
+  labels.update(ignored)
   labels["image_info"] = tf.ensure_shape(image_info, [batch_size, 4, 2])
   if source_id is not None or groundtruths:
     labels["groundtruths"] = tf.nest.map_structure(pad, groundtruths)
@@ -464,6 +489,65 @@ def _pad_eval_batch(images, labels, batch_size):
       labels["groundtruths"]["source_id"] = pad(source_id, -1)
   labels["valid"] = tf.ensure_shape(tf.range(batch_size) < num, [batch_size])
   return pad(images), labels
+
+
+def detection_dataset(file_pattern, training, global_batch_size, parser,
+                      include_masks=False, ignored_keys=("cls_targets",),
+                      input_context=None, seed=None, num_eval_examples=None):
+  """Batched (images, labels) of a detection parser; see retinanet_dataset.
+
+  Args:
+    file_pattern, training, global_batch_size, input_context, seed,
+      num_eval_examples: as in `retinanet_dataset`.
+    parser: a parser object: parser(decoded, seed) -> (image, labels) in
+      training, parser(decoded) in evaluation, with a `training` attribute.
+    include_masks: bool, decode the instance masks of the records.
+    ignored_keys: per-level target keys padded with -1 in evaluation (see
+      `pad_eval_batch`).
+
+  Returns:
+    A tf.data.Dataset of (images, labels) with static shapes.
+
+  Raises:
+    FileNotFoundError: when `file_pattern` matches nothing.
+    ValueError: when the batch size is not positive or the parser's mode
+      disagrees with `training`.
+  """
+  if parser.training != bool(training):
+    raise ValueError(
+        f"Detection dataset with training={training} was given a "
+        f"{type(parser).__name__} built with training={parser.training}; "
+        "expected the same mode.")
+  batch_size, replicas_per_pipeline = batching.per_replica_batch(
+      global_batch_size, input_context)
+
+  def decode(serialized):
+    return decode_detection_example(serialized, include_masks=include_masks)
+
+  dataset = readers.tfrecord_dataset(
+      file_pattern, training, input_context=input_context, seed=seed)
+  if training:
+    # One stateless seed per example: its augmentation does not depend on
+    # which parallel map call runs it.
+    seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+    dataset = tf.data.Dataset.zip((dataset, seeds))
+    dataset = dataset.map(
+        lambda serialized, example_seed: parser(decode(serialized),
+                                                example_seed),
+        num_parallel_calls=AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=True,
+                            num_parallel_calls=AUTOTUNE)
+  else:
+    if num_eval_examples is not None:
+      dataset = dataset.take(int(num_eval_examples))
+    dataset = dataset.map(lambda serialized: parser(decode(serialized)),
+                          num_parallel_calls=AUTOTUNE)
+    dataset = batching.batch_and_pad_eval(
+        dataset, batch_size, replicas_per_pipeline,
+        lambda images, labels, size: pad_eval_batch(
+            images, labels, size, ignored_keys))
+
+  return batching.finish(dataset, training, seed, input_context)
 
 
 def retinanet_dataset(file_pattern, training, global_batch_size, parser,
@@ -491,7 +575,7 @@ def retinanet_dataset(file_pattern, training, global_batch_size, parser,
     size of this replica: images float32 [b, S, S, 3] and the labels of
     `RetinaNetParser.__call__` with a leading [b]; in evaluation also
     "valid": bool [b], False on the padding examples of the last batch (see
-    `_pad_eval_batch`). When a pipeline feeds several replicas, the number
+    `pad_eval_batch`). When a pipeline feeds several replicas, the number
     of evaluation batches is padded to a multiple of them, so every replica
     gets a batch at every step.
 
@@ -502,33 +586,8 @@ def retinanet_dataset(file_pattern, training, global_batch_size, parser,
   """
   if isinstance(parser, dict):
     parser = RetinaNetParser(training=training, **parser)
-  if parser.training != bool(training):
-    raise ValueError(
-        f"retinanet_dataset(training={training}) was given a RetinaNetParser "
-        f"built with training={parser.training}; expected the same mode.")
-  batch_size, replicas_per_pipeline = batching.per_replica_batch(
-      global_batch_size, input_context)
-
-  dataset = readers.tfrecord_dataset(
-      file_pattern, training, input_context=input_context, seed=seed)
-  if training:
-    # One stateless seed per example: its augmentation does not depend on
-    # which parallel map call runs it.
-    seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
-    dataset = tf.data.Dataset.zip((dataset, seeds))
-    dataset = dataset.map(
-        lambda serialized, example_seed: parser(
-            decode_detection_example(serialized), example_seed),
-        num_parallel_calls=AUTOTUNE)
-    dataset = dataset.batch(batch_size, drop_remainder=True,
-                            num_parallel_calls=AUTOTUNE)
-  else:
-    if num_eval_examples is not None:
-      dataset = dataset.take(int(num_eval_examples))
-    dataset = dataset.map(
-        lambda serialized: parser(decode_detection_example(serialized)),
-        num_parallel_calls=AUTOTUNE)
-    dataset = batching.batch_and_pad_eval(
-        dataset, batch_size, replicas_per_pipeline, _pad_eval_batch)
-
-  return batching.finish(dataset, training, seed, input_context)
+  return detection_dataset(
+      file_pattern, training, global_batch_size, parser,
+      include_masks=False, ignored_keys=("cls_targets",),
+      input_context=input_context, seed=seed,
+      num_eval_examples=num_eval_examples)

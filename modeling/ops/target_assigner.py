@@ -1,4 +1,4 @@
-"""Anchor labelling for one-stage detectors (RetinaNet; REFERENCE §4).
+"""Anchor labelling for RetinaNet and the Mask R-CNN RPN (REFERENCE §4).
 
 Rules, for one image:
 - A ground truth takes part only if it is valid: `valid` is True, its box has
@@ -16,6 +16,9 @@ Rules, for one image:
   its own candidate (as the Model Garden / TPU matchers do); an anchor
   claimed by several ground truths goes to the one it overlaps most, ties to
   the lowest ground-truth index.
+
+`RpnAnchorLabeler` applies these rules class-agnostically with the RPN
+thresholds, then samples a fixed-size minibatch of anchors per image.
 
 Everything is graph-mode TensorFlow with static output shapes [N, ...]; it
 runs inside tf.data map functions. K (the number of ground-truth rows) may be
@@ -158,4 +161,135 @@ class AnchorLabeler:
         "cls_targets": anchors.unpack_labels(out["cls_targets"]),
         "box_targets": anchors.unpack_labels(out["box_targets"]),
         "num_positives": out["num_positives"],
+    }
+
+
+class RpnAnchorLabeler:
+  """Class-agnostic anchor targets of a region proposal network (Mask R-CNN).
+
+  Matching follows `AnchorLabeler` with the RPN thresholds of REFERENCE §4:
+  IoU >= match_threshold (0.7) positive, < unmatched_threshold (0.3)
+  negative, in between ignored, and each valid ground truth force-matched
+  to its best anchor(s). Then a minibatch of `batch_size_per_image` anchors
+  is sampled uniformly at random: min(#positives, round(batch_size *
+  positive_fraction)) positives, and negatives for the rest of the
+  minibatch (fewer when there are not enough of them). Unsampled anchors are
+  ignored, so the score loss sees at most batch_size_per_image anchors.
+
+  Shapes are static and sampling is stateless: the same seed gives the same
+  minibatch.
+
+  Args:
+    match_threshold: IoU at or above which an anchor is positive.
+    unmatched_threshold: IoU below which an anchor is negative.
+    batch_size_per_image: anchors sampled per image (256).
+    positive_fraction: largest share of positives in the minibatch (0.5).
+    force_match: force-match each ground truth to its best anchor(s).
+    box_coder_weights: None or 4 weights of box_ops.encode_boxes.
+  Raises:
+    ValueError: for thresholds outside [0, 1] or unordered, a
+      batch_size_per_image < 1, or a positive_fraction outside [0, 1].
+  """
+
+  def __init__(self, match_threshold=0.7, unmatched_threshold=0.3,
+               batch_size_per_image=256, positive_fraction=0.5,
+               force_match=True, box_coder_weights=None):
+    if int(batch_size_per_image) < 1:
+      raise ValueError("RpnAnchorLabeler: batch_size_per_image must be >= 1, "
+                       f"got {batch_size_per_image}.")
+    if not 0.0 <= positive_fraction <= 1.0:
+      raise ValueError("RpnAnchorLabeler: positive_fraction must lie in "
+                       f"[0, 1], got {positive_fraction}.")
+    self.matcher = AnchorLabeler(match_threshold, unmatched_threshold,
+                                 force_match, box_coder_weights)
+    self.batch_size_per_image = int(batch_size_per_image)
+    self.positive_fraction = float(positive_fraction)
+    self.max_positives = int(round(self.batch_size_per_image *
+                                   self.positive_fraction))
+
+  def _sample(self, positive, negative, seed):
+    """bool [N] masks of the sampled positives and negatives."""
+    num_anchors = positive.shape[0]
+    if num_anchors is None:
+      num_anchors = tf.shape(positive)[0]
+    if seed is None:
+      priority = tf.random.uniform([num_anchors])
+    else:
+      priority = tf.random.stateless_uniform([num_anchors], seed)
+
+    def pick(candidates, k, count):
+      """The `count` (<= k) candidates of highest priority, as bool [N]."""
+      if isinstance(num_anchors, int):
+        k = min(k, num_anchors)
+      else:
+        k = tf.minimum(k, num_anchors)
+      scores = tf.where(candidates, priority, -1.0)
+      values, indices = tf.math.top_k(scores, k=k)
+      chosen = (values >= 0.0) & (tf.range(k) < count)
+      chosen = tf.scatter_nd(indices[:, None], tf.cast(chosen, tf.int32),
+                             [num_anchors])
+      return chosen > 0
+
+    sampled_positive = pick(positive, self.max_positives, self.max_positives)
+    num_sampled_positive = tf.reduce_sum(tf.cast(sampled_positive, tf.int32))
+    sampled_negative = pick(negative, self.batch_size_per_image,
+                            self.batch_size_per_image - num_sampled_positive)
+    return sampled_positive, sampled_negative
+
+  def __call__(self, anchors, gt_boxes, valid=None, seed=None):
+    """Labels and samples the anchors of one image.
+
+    Args:
+      anchors: float32 [N, 4] (ymin, xmin, ymax, xmax) pixels.
+      gt_boxes: float [K, 4] pixels, same frame; K may be padded, 0 or
+        unknown. Rows with zero area are padding.
+      valid: optional bool [K] marking real rows (None: all rows real).
+      seed: optional [2] int32/int64 stateless seed of the sampling; random
+        when None.
+    Returns:
+      dict with
+        score_targets: int32 [N]: 1 sampled positive, 0 sampled negative,
+          -1 ignored or not sampled.
+        box_targets: float32 [N, 4]: encode_boxes(matched box, anchor) for
+          the sampled positives, zeros elsewhere.
+        positive: bool [N], every positive anchor before sampling.
+        negative: bool [N], every negative anchor before sampling.
+        matched_gt: int32 [N], matched gt_boxes row of positives, else -1.
+    """
+    gt_boxes = tf.reshape(tf.cast(gt_boxes, tf.float32), [-1, 4])
+    # Class-agnostic: every real row is "class 1" for the matcher.
+    classes = tf.ones(tf.shape(gt_boxes)[:1], tf.int32)
+    matched = self.matcher(anchors, gt_boxes, classes, valid)
+    positive = matched["positive"]
+    negative = ~positive & ~matched["ignore"]
+    sampled_positive, sampled_negative = self._sample(positive, negative, seed)
+    score_targets = tf.where(
+        sampled_positive, tf.constant(1, tf.int32),
+        tf.where(sampled_negative, tf.constant(0, tf.int32),
+                 tf.constant(-1, tf.int32)))
+    box_targets = tf.where(sampled_positive[:, None], matched["box_targets"],
+                           0.0)
+    return {
+        "score_targets": score_targets,
+        "box_targets": box_targets,
+        "positive": positive,
+        "negative": negative,
+        "matched_gt": matched["matched_gt"],
+    }
+
+  def multilevel_targets(self, anchors, gt_boxes, valid=None, seed=None):
+    """Labels one image and splits the targets per level.
+
+    Args:
+      anchors: a modeling.ops.anchors.Anchors.
+      gt_boxes, valid, seed: as in __call__.
+    Returns:
+      dict with
+        score_targets: dict str(level) -> int32 [H_l, W_l, A] (1/0/-1);
+        box_targets: dict str(level) -> float32 [H_l, W_l, A * 4].
+    """
+    out = self(anchors.boxes(), gt_boxes, valid, seed)
+    return {
+        "score_targets": anchors.unpack_labels(out["score_targets"]),
+        "box_targets": anchors.unpack_labels(out["box_targets"]),
     }

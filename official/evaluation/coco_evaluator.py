@@ -1,11 +1,14 @@
-"""COCO box AP of detections, accumulated on the host (pycocotools).
+"""COCO box and mask AP of detections, accumulated on the host (pycocotools).
 
 The evaluator follows `official.core.task.Evaluator`: `update` takes the
 numpy outputs of one global evaluation batch, `result` runs pycocotools'
 COCOeval and returns the standard COCO metrics as floats. Between the two,
 only compact arrays of the kept detections (and, without an annotation
 file, of the ground truths) are held: 7 float64 per detection, 8 per
-ground-truth object, 3 per image; never images or feature maps.
+ground-truth object, 3 per image; never images or feature maps. With
+masks, each detection's mask is pasted into its image and run-length
+encoded (compressed COCO RLE) within `update`, so only the RLE strings are
+kept, never a full-size mask.
 """
 
 import contextlib
@@ -21,6 +24,11 @@ from official.core import task
 # Names of COCOeval.stats[0:9], in order.
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "ARmax1",
                 "ARmax10", "ARmax100")
+# The same figures of the "segm" evaluation (include_mask).
+MASK_METRIC_NAMES = tuple("mask_" + name for name in METRIC_NAMES)
+
+# A pasted mask probability at or above this is foreground.
+MASK_THRESHOLD = 0.5
 
 # Ids given to source ids that are not integers (ground truths from update()
 # only); far above COCO's ids and exact in float64.
@@ -52,6 +60,111 @@ def _load_coco(annotation_file):
       raise ValueError(f"COCO annotation file '{annotation_file}' has no "
                        f"'{key}' list; expected a COCO instances JSON.")
   return _coco_from_dataset(dataset)
+
+
+def _check_segmentations(ground_truth, annotation_file):
+  """Raises ValueError unless every annotation has a segmentation."""
+  for annotation in ground_truth.dataset["annotations"]:
+    if not annotation.get("segmentation"):
+      raise ValueError(
+          f"COCOEvaluator(include_mask=True): annotation id "
+          f"{annotation.get('id')} (image {annotation.get('image_id')}) of "
+          f"'{annotation_file}' has no 'segmentation'; mask AP needs a "
+          "polygon list or an RLE for every annotation (a COCO instances "
+          "JSON, not a boxes-only one).")
+  for image in ground_truth.dataset["images"]:
+    if "height" not in image or "width" not in image:
+      raise ValueError(
+          f"COCOEvaluator(include_mask=True): image {image.get('id')} of "
+          f"'{annotation_file}' has no height/width; masks are pasted at "
+          "the image size given there.")
+
+
+def _bilinear_weights(start, end, size, length):
+  """Row weights [n, size] and first pixel of a mask pasted along one axis.
+
+  The pixels whose centres lie in [start, end) get the mask's value at
+  that centre: the mask's `size` cells span [start, end] evenly, their
+  values sit at the cell centres and are interpolated linearly between
+  them, held constant beyond the outermost centres.
+
+  Args:
+    start, end: floats, the box along this axis in image pixels.
+    size: int, mask cells along this axis.
+    length: int, image pixels along this axis.
+
+  Returns:
+    (first pixel index, float64 [n, size] weights), n >= 0 pixels.
+  """
+  if not (np.isfinite(start) and np.isfinite(end) and end > start):
+    return 0, np.zeros([0, size])  # Empty, or a diverged model's NaN box.
+  first = max(int(np.ceil(start - 0.5)), 0)
+  last = min(int(np.ceil(end - 0.5)), length)  # Exclusive.
+  if last <= first:
+    return first, np.zeros([0, size])
+  centres = np.arange(first, last) + 0.5
+  position = np.clip((centres - start) / (end - start) * size - 0.5, 0.0,
+                     size - 1.0)
+  low = np.floor(position).astype(np.int64)
+  high = np.minimum(low + 1, size - 1)
+  weights = np.zeros([last - first, size])
+  rows = np.arange(last - first)
+  weights[rows, low] = 1.0 - (position - low)
+  weights[rows, high] += position - low
+  return first, weights
+
+
+def _paste_window(mask, box, height, width):
+  """Binary window of one mask pasted into its box.
+
+  Returns:
+    (top, left, uint8 [rows, columns] 0/1): the window's pixels of the
+    image from (top, left); empty when the box misses the image.
+  """
+  ymin, xmin, ymax, xmax = (float(v) for v in box)
+  top, rows = _bilinear_weights(ymin, ymax, mask.shape[0], height)
+  left, columns = _bilinear_weights(xmin, xmax, mask.shape[1], width)
+  values = rows @ np.asarray(mask, np.float64) @ columns.T
+  return top, left, (values >= MASK_THRESHOLD).astype(np.uint8)
+
+
+def paste_mask(mask, box, height, width):
+  """Pastes an m x m mask of probabilities into a box of an image.
+
+  Each pixel whose centre lies inside the box takes the mask's value at
+  that centre (the m x m cells span the box evenly; bilinear between cell
+  centres, constant beyond the outermost ones) thresholded at
+  MASK_THRESHOLD (>= 0.5 is foreground); every other pixel is 0.
+
+  Args:
+    mask: float [m_h, m_w] probabilities in the box's frame.
+    box: 4 floats (ymin, xmin, ymax, xmax) in image pixels; it may extend
+      beyond the image.
+    height, width: ints, the image size.
+
+  Returns:
+    uint8 [height, width] of 0/1.
+  """
+  top, left, window = _paste_window(mask, box, height, width)
+  pasted = np.zeros([height, width], np.uint8)
+  pasted[top:top + window.shape[0], left:left + window.shape[1]] = window
+  return pasted
+
+
+def _encode_pasted(masks, boxes, height, width):
+  """Compressed COCO RLEs of masks [n, m, m] pasted into boxes [n, 4]."""
+  from pycocotools import mask as mask_utils  # pylint: disable=g-import-not-at-top
+  # One Fortran-order canvas per image, cleared after each mask.
+  canvas = np.zeros([height, width, 1], np.uint8, order="F")
+  rles = []
+  for mask, box in zip(masks, boxes):
+    top, left, window = _paste_window(mask, box, height, width)
+    region = (slice(top, top + window.shape[0]),
+              slice(left, left + window.shape[1]), 0)
+    canvas[region] = window
+    rles.append(mask_utils.encode(canvas)[0])
+    canvas[region] = 0
+  return rles
 
 
 def _coco_from_dataset(dataset):
@@ -93,18 +206,31 @@ class COCOEvaluator(task.Evaluator):
     "groundtruth_area"    [B, K] float, pixels, optional (default the box
                           area); COCO's small/medium/large buckets use it.
     "height", "width"     [B] int, optional: original image size, kept in
-                          the built dataset's images (masks will need it).
+                          the built dataset's images. With an annotation
+                          file they must agree with its image sizes.
+
+  and, only with include_mask:
+
+    "detection_masks"     [B, D, m, m] float, mask probabilities of each
+                          detection in its own box's frame (the m x m cells
+                          span detection_boxes evenly). Each kept one is
+                          pasted into its image at the annotation file's
+                          image size (`paste_mask`: bilinear, >= 0.5 is
+                          foreground) and stored as a compressed RLE.
 
   `result()` returns {"AP", "AP50", "AP75", "APs", "APm", "APl", "ARmax1",
   "ARmax10", "ARmax100"} as Python floats (COCOeval.stats[0:9]; -1.0 where
   there is no ground truth, e.g. APl without large objects), and with
   `per_category_metrics` also "AP_ByCategory/<name>",
   "AP50_ByCategory/<name>" and "ARmax100_ByCategory/<name>" per category.
-  The printed COCOeval summary is logged (absl, INFO) and kept in
-  `self.summary`.
+  With include_mask, the same figures of the "segm" evaluation follow,
+  prefixed "mask_" ("mask_AP", ..., "mask_ARmax100", and
+  "mask_AP_ByCategory/<name>", ...). The printed COCOeval summaries are
+  logged (absl, INFO) and kept in `self.summary` and `self.mask_summary`.
 
   Attributes:
-    summary: str, pycocotools' summary table of the last `result()`.
+    summary: str, pycocotools' box summary table of the last `result()`.
+    mask_summary: str, the mask summary table (include_mask), else None.
   """
 
   def __init__(self, annotation_file=None, include_mask=False,
@@ -115,28 +241,31 @@ class COCOEvaluator(task.Evaluator):
       annotation_file: optional str, COCO instances JSON (gs:// allowed) of
         the evaluated split; only the images passed to `update` are
         evaluated. None: the ground truths come from `update`.
-      include_mask: bool, also mask AP. Not implemented yet.
+      include_mask: bool, also mask AP ("segm"); needs annotation_file,
+        whose segmentations are the mask ground truths.
       per_category_metrics: bool, add per-category AP / AP50 / ARmax100.
 
     Raises:
-      NotImplementedError: when include_mask is True.
       FileNotFoundError, ValueError: when annotation_file is missing or is
-        not a COCO JSON.
+        not a COCO JSON; with include_mask, when there is no
+        annotation_file or one of its annotations has no segmentation.
     """
-    if include_mask:
-      # Hook for mask AP: update() would also take "detection_masks" (per
-      # detection, in original-image pixels), encode them to compressed RLE
-      # right away (bounded memory), and result() would run a second
-      # COCOeval with iouType="segm".
-      raise NotImplementedError(
-          "COCOEvaluator(include_mask=True): mask AP is not implemented yet; "
-          "only box AP (include_mask=False) is available.")
+    if include_mask and not annotation_file:
+      raise ValueError(
+          "COCOEvaluator(include_mask=True) needs annotation_file: the mask "
+          "ground truths are the segmentations (polygons or RLE) of a COCO "
+          "instances JSON, which update() does not carry. Pass "
+          "annotation_file=<instances JSON of the evaluated split>, e.g. "
+          "instances_val2017.json, or include_mask=False for box AP only.")
     self.annotation_file = annotation_file
     self.include_mask = bool(include_mask)
     self.per_category_metrics = bool(per_category_metrics)
     self._ground_truth = (_load_coco(annotation_file)
                           if annotation_file else None)
+    if self.include_mask:
+      _check_segmentations(self._ground_truth, annotation_file)
     self.summary = None
+    self.mask_summary = None
     self.reset()
 
   def reset(self):
@@ -147,6 +276,8 @@ class COCOEvaluator(task.Evaluator):
     self._groundtruths = []
     # int64 [b, 3] each: image id, height, width.
     self._images = []
+    # Compressed RLE dicts, one per row of self._detections (include_mask).
+    self._mask_rles = []
     self._image_ids = set()
     self._string_ids = {}
 
@@ -180,6 +311,8 @@ class COCOEvaluator(task.Evaluator):
     """
     required = ["source_id", "detection_boxes", "detection_scores",
                 "detection_classes"]
+    if self.include_mask:
+      required.append("detection_masks")
     if self._ground_truth is None:
       required += ["groundtruth_boxes", "groundtruth_classes"]
     missing = [k for k in required if k not in outputs]
@@ -237,6 +370,9 @@ class COCOEvaluator(task.Evaluator):
         scores[rows][keep], classes[rows][keep].astype(np.float64))
     groundtruths = (self._groundtruth_rows(outputs, rows, ids, batch_size)
                     if self._ground_truth is None else None)
+    mask_rles = (self._encode_masks(outputs, rows, image_ids, sizes, keep,
+                                    boxes)
+                 if self.include_mask else [])
 
     # Everything checked: keep this batch.
     self._image_ids.update(image_ids)
@@ -245,8 +381,43 @@ class COCOEvaluator(task.Evaluator):
          sizes[1][rows].astype(np.int64)], axis=1))
     if len(detections):
       self._detections.append(detections)
+    self._mask_rles.extend(mask_rles)
     if groundtruths is not None and len(groundtruths):
       self._groundtruths.append(groundtruths)
+
+  def _encode_masks(self, outputs, rows, image_ids, sizes, keep, boxes):
+    """RLEs of the kept detections' masks, in the order of their rows.
+
+    Args:
+      outputs: the update() dict.
+      rows: int64 [b], batch rows of the valid images.
+      image_ids: b ints, their COCO image ids.
+      sizes: ([B] heights, [B] widths) of `outputs` (0 when absent).
+      keep: bool [b, D], the kept detections.
+      boxes: float64 [B, D, 4].
+    """
+    masks = np.asarray(outputs["detection_masks"])
+    if (masks.ndim != 4 or masks.shape[:2] != boxes.shape[:2] or
+        min(masks.shape[2:]) < 1):
+      raise ValueError(
+          "COCOEvaluator.update: expected detection_masks [B, D, m, m] with "
+          f"[B, D] = {list(boxes.shape[:2])} as detection_boxes; got "
+          f"{list(masks.shape)}.")
+    rles = []
+    for k, (row, image_id) in enumerate(zip(rows, image_ids)):
+      image = self._ground_truth.imgs[image_id]
+      height, width = int(image["height"]), int(image["width"])
+      given = (int(sizes[0][row]), int(sizes[1][row]))
+      if given != (0, 0) and given != (height, width):
+        raise ValueError(
+            f"COCOEvaluator.update: image {image_id} is {given[0]} x "
+            f"{given[1]} (height, width) in the outputs but {height} x "
+            f"{width} in '{self.annotation_file}'; masks are pasted at the "
+            "annotation file's size, so both must describe the same image.")
+      kept = np.flatnonzero(keep[k])
+      rles.extend(_encode_pasted(masks[row, kept], boxes[row, kept], height,
+                                 width))
+    return rles
 
   def _groundtruth_rows(self, outputs, rows, ids, batch_size):
     """float64 [n, 8] rows of the real ground truths of the kept images."""
@@ -303,7 +474,9 @@ class COCOEvaluator(task.Evaluator):
     return _coco_from_dataset(dataset)
 
   def result(self):
-    """Runs COCOeval (bbox) over everything added since the last reset().
+    """Runs COCOeval over everything added since the last reset().
+
+    "bbox" always, "segm" too with include_mask.
 
     Returns:
       dict metric name -> float (see the class docstring).
@@ -311,17 +484,51 @@ class COCOEvaluator(task.Evaluator):
     Raises:
       ValueError: when no image was added.
     """
-    from pycocotools import coco  # pylint: disable=g-import-not-at-top
-    from pycocotools import cocoeval  # pylint: disable=g-import-not-at-top
     if not self._image_ids:
       raise ValueError("COCOEvaluator.result: no image was added; call "
                        "update() with at least one valid image first.")
     ground_truth = self._ground_truth or self._built_ground_truth()
     detections = (np.concatenate(self._detections) if self._detections
                   else np.zeros([0, 7]))
+    results = detections if len(detections) else []
+    evaluation, self.summary = self._evaluate(ground_truth, results, "bbox")
+    logging.info("COCO box evaluation of %d images, %d detections:\n%s",
+                 len(self._image_ids), len(detections), self.summary)
+    metrics = {name: float(evaluation.stats[i])
+               for i, name in enumerate(METRIC_NAMES)}
+    if self.per_category_metrics:
+      metrics.update(_per_category(evaluation, ground_truth))
+    if self.include_mask:
+      results = [
+          {"image_id": int(row[0]), "category_id": int(row[6]),
+           "score": float(row[5]), "segmentation": rle}
+          for row, rle in zip(detections, self._mask_rles)]
+      evaluation, self.mask_summary = self._evaluate(ground_truth, results,
+                                                     "segm")
+      logging.info("COCO mask evaluation of %d images, %d detections:\n%s",
+                   len(self._image_ids), len(results), self.mask_summary)
+      metrics.update({name: float(evaluation.stats[i])
+                      for i, name in enumerate(MASK_METRIC_NAMES)})
+      if self.per_category_metrics:
+        metrics.update({
+            "mask_" + name: value for name, value in
+            _per_category(evaluation, ground_truth).items()})
+    return metrics
+
+  def _evaluate(self, ground_truth, results, iou_type):
+    """Accumulated COCOeval of one iou type and its summary table.
+
+    Args:
+      ground_truth: pycocotools COCO.
+      results: detections for COCO.loadRes (float64 [n, 7] rows or a list
+        of dicts); may be empty.
+      iou_type: "bbox" or "segm".
+    """
+    from pycocotools import coco  # pylint: disable=g-import-not-at-top
+    from pycocotools import cocoeval  # pylint: disable=g-import-not-at-top
     with _captured_stdout() as printed:
-      if len(detections):
-        results = ground_truth.loadRes(detections)
+      if len(results):
+        results = ground_truth.loadRes(results)
       else:  # loadRes cannot take an empty list.
         results = coco.COCO()
         results.dataset = {"images": list(ground_truth.dataset["images"]),
@@ -329,22 +536,16 @@ class COCOEvaluator(task.Evaluator):
                                ground_truth.dataset["categories"]),
                            "annotations": []}
         results.createIndex()
-      evaluation = cocoeval.COCOeval(ground_truth, results, iouType="bbox")
+      evaluation = cocoeval.COCOeval(ground_truth, results, iouType=iou_type)
       evaluation.params.imgIds = sorted(self._image_ids)
       evaluation.evaluate()
       evaluation.accumulate()
       evaluation.summarize()
     # The metric table only, without pycocotools' progress lines.
-    self.summary = "\n".join(
+    summary = "\n".join(
         line for line in printed.getvalue().splitlines()
         if line.lstrip().startswith("Average"))
-    logging.info("COCO box evaluation of %d images, %d detections:\n%s",
-                 len(self._image_ids), len(detections), self.summary)
-    metrics = {name: float(evaluation.stats[i])
-               for i, name in enumerate(METRIC_NAMES)}
-    if self.per_category_metrics:
-      metrics.update(_per_category(evaluation, ground_truth))
-    return metrics
+    return evaluation, summary
 
 
 def _to_rows(image_ids, boxes, scores, classes):

@@ -217,8 +217,8 @@ def test_string_source_ids_without_annotation_file():
 
 
 def test_errors(annotation_file):
-  with pytest.raises(NotImplementedError, match="mask AP"):
-    coco_evaluator.COCOEvaluator(annotation_file, include_mask=True)
+  with pytest.raises(ValueError, match="include_mask=True.*annotation_file"):
+    coco_evaluator.COCOEvaluator(include_mask=True)
   with pytest.raises(FileNotFoundError, match="missing.json"):
     coco_evaluator.COCOEvaluator("/nonexistent/missing.json")
 

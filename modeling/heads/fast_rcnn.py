@@ -1,0 +1,199 @@
+"""Fast R-CNN box head of Mask R-CNN (REFERENCE §3, §4).
+
+Girshick, "Fast R-CNN" (2015), in the "4conv1fc" form with batch norm that
+the SpineNet Mask R-CNN uses: 3x3 convs on each ROI's pooled features, each
+followed by batch norm and the activation, then the features are flattened
+and go through fully connected layers (each with batch norm and the
+activation), and two linear layers give the class logits and the box deltas.
+
+Configurations: SpineNet-49/96/143 4 convs x 256 + 1 FC of 1024;
+SpineNet-49S 4 x 128 + FC 512; SpineNet-190 7 convs x 384 + FC 1024;
+Eff-SpineNet D0/D1/D2 3 separable convs x 64/88/112 + FC 256/256/512; the
+base config without SpineNet: 0 convs + 2 FC x 1024.
+
+Choices written down here as the project rule:
+- Prediction layers as in Detectron: class logits N(0, 0.01), box deltas
+  N(0, 0.001), zero biases, so every ROI starts with near-uniform class
+  scores and near-zero deltas.
+- The convs and FCs use the project's He fan-in initialisation
+  (modeling.layers.conv_bn.kernel_initializer; the peer uses He fan-out for
+  the convs and a uniform 1/3 fan-out scaling for the FC): every one is
+  followed by batch norm, which normalises the scale away.
+- The convs and FCs keep their bias before the batch norm, as the peer
+  (Model Garden) does, so parameter counts compare one to one.
+- The flattening order is (row, column, channel) of each ROI.
+- Batch norm statistics are taken over all batch x ROI rows, padded ROIs
+  included.
+- The prediction layers compute in the layer's compute dtype and their
+  outputs are cast to float32.
+"""
+
+import keras
+import tensorflow as tf
+
+from modeling.layers import activations
+from modeling.layers.conv_bn import batch_norm, kernel_initializer
+from modeling.layers.tracking import tracked_list
+
+
+def roi_feature_dims(layer_name, shape):
+  """Checks an ROI feature shape and returns its static (height, width, C).
+
+  Args:
+    layer_name: named in the error message.
+    shape: [batch, num_rois, height, width, channels]; height, width and
+      channels must be known.
+  Raises:
+    ValueError: saying which dimension is wrong and what was expected.
+  """
+  shape = tuple(shape)
+  if len(shape) != 5:
+    raise ValueError(f"{layer_name}: ROI features must be [batch, num_rois, "
+                     f"height, width, channels], got shape {shape}.")
+  if any(d is None for d in shape[2:]):
+    raise ValueError(f"{layer_name}: the ROI height, width and channels must "
+                     f"be static, got shape {shape}.")
+  return tuple(int(d) for d in shape[2:])
+
+
+def separable_or_plain_conv3x3(use_separable_conv, filters, name):
+  """3x3 'same' conv (with bias), He-initialised; separable if asked."""
+  if use_separable_conv:
+    return keras.layers.SeparableConv2D(
+        filters, 3, padding="same", depthwise_initializer=kernel_initializer(),
+        pointwise_initializer=kernel_initializer(), bias_initializer="zeros",
+        name=name)
+  return keras.layers.Conv2D(
+      filters, 3, padding="same", kernel_initializer=kernel_initializer(),
+      bias_initializer="zeros", name=name)
+
+
+@keras.saving.register_keras_serializable(package="spinenet")
+class FastRCNNHead(keras.layers.Layer):
+  """Class logits and box deltas for each ROI.
+
+  Input: ROI features [batch, num_rois, h, w, C] (h, w, C static; the ROI
+  aligned features of the detector, 7x7 in the SpineNet configs). Output: a
+  tuple (class_logits, box_deltas): float32 [batch, num_rois, num_classes]
+  and [batch, num_rois, 4 * num_classes] (class major: columns 4c..4c+3 are
+  the deltas for class c; Faster R-CNN encoding), or [batch, num_rois, 4]
+  with class_agnostic_boxes.
+
+  Args:
+    num_classes: classes, background column 0 included (COCO: 91).
+    num_convs: 3x3 conv layers on each ROI before the FCs.
+    num_filters: width of those convs.
+    num_fcs: fully connected layers after the convs.
+    fc_dims: width of those FCs.
+    use_separable_conv: SeparableConv2D (depthwise + pointwise) for the 3x3
+      convs.
+    class_agnostic_boxes: one box per ROI instead of one per class.
+    activation: "relu", "swish" or "hard_swish", after each batch norm.
+    use_sync_bn, norm_momentum, norm_epsilon: batch norm.
+  """
+
+  def __init__(self, num_classes, num_convs=4, num_filters=256, num_fcs=1,
+               fc_dims=1024, use_separable_conv=False,
+               class_agnostic_boxes=False, activation="relu",
+               use_sync_bn=False, norm_momentum=0.99, norm_epsilon=1e-3,
+               **kwargs):
+    super().__init__(**kwargs)
+    for name, value, low in (("num_classes", num_classes, 2),
+                             ("num_convs", num_convs, 0),
+                             ("num_filters", num_filters, 1),
+                             ("num_fcs", num_fcs, 0),
+                             ("fc_dims", fc_dims, 1)):
+      if int(value) != value or value < low:
+        raise ValueError(f"FastRCNNHead: {name} must be an integer >= {low}, "
+                         f"got {value!r}.")
+    self.num_classes = int(num_classes)
+    self.num_convs = int(num_convs)
+    self.num_filters = int(num_filters)
+    self.num_fcs = int(num_fcs)
+    self.fc_dims = int(fc_dims)
+    self.use_separable_conv = bool(use_separable_conv)
+    self.class_agnostic_boxes = bool(class_agnostic_boxes)
+    self.activation = activations.check_activation(activation)
+    self.use_sync_bn = use_sync_bn
+    self.norm_momentum = norm_momentum
+    self.norm_epsilon = norm_epsilon
+
+    self.convs = tracked_list(self, "conv", [
+        separable_or_plain_conv3x3(self.use_separable_conv, self.num_filters,
+                                   f"conv_{i}")
+        for i in range(self.num_convs)])
+    self.conv_norms = tracked_list(self, "conv_norm", [
+        batch_norm(norm_momentum, norm_epsilon, use_sync_bn,
+                   name=f"conv_norm_{i}") for i in range(self.num_convs)])
+    self.fcs = tracked_list(self, "fc", [
+        keras.layers.Dense(
+            self.fc_dims, kernel_initializer=kernel_initializer(),
+            bias_initializer="zeros", name=f"fc_{i}")
+        for i in range(self.num_fcs)])
+    self.fc_norms = tracked_list(self, "fc_norm", [
+        batch_norm(norm_momentum, norm_epsilon, use_sync_bn,
+                   name=f"fc_norm_{i}") for i in range(self.num_fcs)])
+    self.class_predict = keras.layers.Dense(
+        self.num_classes,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+        bias_initializer="zeros", name="class_predict")
+    self.box_predict = keras.layers.Dense(
+        self.num_box_outputs,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
+        bias_initializer="zeros", name="box_predict")
+
+  @property
+  def num_box_outputs(self):
+    """Box delta columns per ROI: 4, or 4 * num_classes."""
+    return 4 if self.class_agnostic_boxes else 4 * self.num_classes
+
+  def build(self, input_shape):
+    height, width, channels = roi_feature_dims(self.name, input_shape)
+    for conv, norm in zip(self.convs, self.conv_norms):
+      conv.build((None, height, width, channels))
+      channels = self.num_filters
+      norm.build((None, height, width, channels))
+    features = height * width * channels
+    for fc, norm in zip(self.fcs, self.fc_norms):
+      fc.build((None, features))
+      features = self.fc_dims
+      norm.build((None, features))
+    self.class_predict.build((None, features))
+    self.box_predict.build((None, features))
+
+  def call(self, roi_features, training=None):
+    height, width, channels = roi_feature_dims(self.name, roi_features.shape)
+    dynamic = tf.shape(roi_features)
+    batch = roi_features.shape[0] or dynamic[0]
+    num_rois = roi_features.shape[1] or dynamic[1]
+    act = activations.get_activation(self.activation)
+    x = tf.reshape(roi_features, [-1, height, width, channels])
+    for conv, norm in zip(self.convs, self.conv_norms):
+      x = act(norm(conv(x), training=training))
+    x = tf.reshape(x, [-1, height * width * x.shape[-1]])
+    for fc, norm in zip(self.fcs, self.fc_norms):
+      x = act(norm(fc(x), training=training))
+    class_logits = tf.cast(self.class_predict(x), tf.float32)
+    box_deltas = tf.cast(self.box_predict(x), tf.float32)
+    return (tf.reshape(class_logits, [batch, num_rois, self.num_classes]),
+            tf.reshape(box_deltas, [batch, num_rois, self.num_box_outputs]))
+
+  def compute_output_shape(self, input_shape):
+    roi_feature_dims(self.name, input_shape)
+    leading = tuple(input_shape)[:2]
+    return leading + (self.num_classes,), leading + (self.num_box_outputs,)
+
+  def compute_output_spec(self, roi_features, training=None):
+    return tuple(keras.KerasTensor(s, dtype="float32")
+                 for s in self.compute_output_shape(roi_features.shape))
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(
+        num_classes=self.num_classes, num_convs=self.num_convs,
+        num_filters=self.num_filters, num_fcs=self.num_fcs,
+        fc_dims=self.fc_dims, use_separable_conv=self.use_separable_conv,
+        class_agnostic_boxes=self.class_agnostic_boxes,
+        activation=self.activation, use_sync_bn=self.use_sync_bn,
+        norm_momentum=self.norm_momentum, norm_epsilon=self.norm_epsilon)
+    return config
