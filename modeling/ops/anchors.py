@@ -195,7 +195,10 @@ def flatten_levels(tensors, last_dim):
       batch = value.shape[0]
       if batch is None:
         batch = tf.shape(value)[0]
-      flat.append(tf.reshape(value, [batch, -1, last_dim]))
+      per_image = -1  # Kept static when the grid is, for a dynamic batch.
+      if value.shape[1:].is_fully_defined():
+        per_image = value.shape[1:].num_elements() // last_dim
+      flat.append(tf.reshape(value, [batch, per_image, last_dim]))
     elif value.shape.rank == 3:
       flat.append(tf.reshape(value, [-1, last_dim]))
     else:

@@ -14,11 +14,13 @@ Steps, per image, with static shapes throughout:
 4. class-aware NMS (IoU nms_iou_threshold, score > score_threshold), keep the
    best max_detections, pad the rest with zeros (class 0).
 
-Two NMS implementations give the same detections:
+Three NMS implementations give the same detections:
 - "combined": tf.image.combined_non_max_suppression (CPU/GPU kernels);
 - "batched": classes separated by shifting each box by class_id * offset,
   then one tf.image.non_max_suppression_padded over the batch. Pure TF ops
   with static shapes: XLA / TPU compatible.
+- "tflite": the same class shift, then one NonMaxSuppressionV5 per image,
+  a TFLite builtin op (needs a static batch size; exports use batch 1).
 """
 
 import tensorflow as tf
@@ -26,7 +28,7 @@ import tensorflow as tf
 from modeling.ops import box_ops
 from modeling.ops.anchors import Anchors, flatten_levels
 
-NMS_METHODS = ("combined", "batched")
+NMS_METHODS = ("combined", "batched", "tflite")
 
 
 def _image_hw(image_size):
@@ -117,7 +119,8 @@ def multilevel_detections(cls_logits, box_deltas, anchors, image_size,
   batch = logits.shape[0]
   if batch is None:
     batch = tf.shape(logits)[0]
-  scores = tf.reshape(scores, [batch, -1])              # [B, N * (C - 1)]
+  per_image = -1 if logits.shape[1] is None else logits.shape[1] * num_real
+  scores = tf.reshape(scores, [batch, per_image])       # [B, N * (C - 1)]
   k = min(int(pre_nms_top_k), int(scores.shape[1]))
   top_scores, top_index = tf.math.top_k(scores, k=k, sorted=True)
   anchor_index = top_index // num_real
@@ -133,8 +136,12 @@ def multilevel_detections(cls_logits, box_deltas, anchors, image_size,
     out_boxes, out_scores, out_classes, num = _combined_nms(
         boxes, top_scores, class_index, num_real, score_threshold,
         nms_iou_threshold, max_detections)
-  else:
+  elif nms_method == "batched":
     out_boxes, out_scores, out_classes, num = _batched_nms(
+        boxes, top_scores, class_index, score_threshold, nms_iou_threshold,
+        max_detections)
+  else:
+    out_boxes, out_scores, out_classes, num = _tflite_nms(
         boxes, top_scores, class_index, score_threshold, nms_iou_threshold,
         max_detections)
   keep = tf.range(max_detections)[None, :] < num[:, None]
@@ -162,13 +169,17 @@ def _combined_nms(boxes, scores, class_index, num_real, score_threshold,
           tf.cast(num, tf.int32))
 
 
-def _batched_nms(boxes, scores, class_index, score_threshold, iou_threshold,
-                 max_detections):
+def _shift_by_class(boxes, class_index):
   # Boxes are clipped to [0, size], so shifting class c by c * (largest
   # coordinate + 1) makes boxes of different classes disjoint: one
   # class-agnostic NMS is then class-aware.
   offset = tf.reduce_max(boxes) + 1.0
-  shifted = boxes + tf.cast(class_index, tf.float32)[..., None] * offset
+  return boxes + tf.cast(class_index, tf.float32)[..., None] * offset
+
+
+def _batched_nms(boxes, scores, class_index, score_threshold, iou_threshold,
+                 max_detections):
+  shifted = _shift_by_class(boxes, class_index)
   selected, num = tf.image.non_max_suppression_padded(
       shifted, scores, max_detections, iou_threshold=iou_threshold,
       score_threshold=float(score_threshold), pad_to_max_output_size=True,
@@ -178,3 +189,24 @@ def _batched_nms(boxes, scores, class_index, score_threshold, iou_threshold,
           tf.gather(scores, selected, batch_dims=1),
           tf.gather(class_index, selected, batch_dims=1),
           tf.cast(num, tf.int32))
+
+
+def _tflite_nms(boxes, scores, class_index, score_threshold, iou_threshold,
+                max_detections):
+  if boxes.shape[0] is None:
+    raise ValueError("nms_method='tflite' needs a static batch size (TFLite "
+                     "exports use batch 1).")
+  shifted = _shift_by_class(boxes, class_index)
+  outputs = [[], [], [], []]
+  for i in range(boxes.shape[0]):
+    selected, _, num = tf.raw_ops.NonMaxSuppressionV5(
+        boxes=shifted[i], scores=scores[i], max_output_size=max_detections,
+        iou_threshold=iou_threshold,
+        score_threshold=float(score_threshold), soft_nms_sigma=0.0,
+        pad_to_max_output_size=True)
+    # Padding slots point at index 0; the caller zeroes them by `num`.
+    for values, out in zip((boxes[i], scores[i], class_index[i]), outputs):
+      out.append(tf.gather(values, selected))
+    outputs[3].append(num)
+  out_boxes, out_scores, out_classes, num = (tf.stack(o) for o in outputs)
+  return out_boxes, out_scores, out_classes, tf.cast(num, tf.int32)

@@ -78,6 +78,42 @@ class Task(abc.ABC):
   def build_evaluator(self):
     """Returns an Evaluator."""
 
+  # Serving (official/export.py). A task that can be exported implements
+  # serving_preprocess and serving_outputs; the exporter adds the input
+  # decoding (image tensors, encoded images, tf.Examples) around them.
+
+  def serving_preprocess(self, image):
+    """Prepares one image for the model, exactly as evaluation does.
+
+    Args:
+      image: uint8 [height, width, 3] RGB, any size.
+    Returns:
+      (model_input float32 [S, S, 3], image_info float32 [4, 2]); the
+      layout of image_info is the task's (it is passed back to
+      serving_outputs).
+    """
+    raise NotImplementedError(f"{type(self).__name__} cannot be exported "
+                              f"(it has no serving_preprocess).")
+
+  def serving_outputs(self, model, images, image_info=None, for_tflite=False):
+    """The served outputs of a batch of preprocessed images.
+
+    Args:
+      model: the task's model.
+      images: float32 [batch, S, S, 3] from serving_preprocess.
+      image_info: float32 [batch, 4, 2] from serving_preprocess, or None
+        (TFLite: outputs stay in model-input pixels).
+      for_tflite: use only ops TFLite has as builtins.
+    Returns:
+      dict name -> tensor [batch, ...].
+    """
+    raise NotImplementedError(f"{type(self).__name__} cannot be exported "
+                              f"(it has no serving_outputs).")
+
+  def label_map(self):
+    """dict class id (int) -> name, or None when the dataset has no names."""
+    return None
+
 
 class DatasetTask(Task):
   """A Task whose data is described by a gin-bound dataset function.

@@ -18,10 +18,16 @@ from official.core import task as task_lib
 def classification_records(train_pattern=gin.REQUIRED,
                            eval_pattern=gin.REQUIRED,
                            num_train_examples=gin.REQUIRED,
-                           num_eval_examples=gin.REQUIRED):
-  """A classification dataset stored as TFRecords (image/encoded, image/class/label)."""
+                           num_eval_examples=gin.REQUIRED,
+                           labels_file=None):
+  """A classification dataset stored as TFRecords (image/encoded, image/class/label).
+
+  labels_file: optional text file of class names, one per line in label
+  order (scripts/create_imagenet_tf_record.py writes one); exports carry it.
+  """
   return dict(train_pattern=train_pattern, eval_pattern=eval_pattern,
-              num_train=num_train_examples, num_eval=num_eval_examples)
+              num_train=num_train_examples, num_eval=num_eval_examples,
+              labels_file=labels_file)
 
 
 @gin.configurable
@@ -145,3 +151,37 @@ class ClassificationTask(task_lib.DatasetTask):
 
   def build_evaluator(self):
     return TopKEvaluator(ks=(1, min(5, self.num_classes)))
+
+  def serving_preprocess(self, image):
+    """Evaluation preprocessing: centre crop, resize, normalise."""
+    parser = classification_data.ClassificationParser(
+        self.image_size, self.num_classes, training=False,
+        center_crop_fraction=self.parser_kwargs["center_crop_fraction"])
+    model_input, _ = parser({"image": image, "label": 0})
+    return model_input, tf.zeros([4, 2], tf.float32)  # No geometry to undo.
+
+  def serving_outputs(self, model, images, image_info=None, for_tflite=False):
+    """logits and probabilities [B, C]; the top min(5, C) classes [B, k].
+
+    Returns:
+      logits float32 [B, C]; probabilities float32 [B, C] (softmax);
+      top_k_classes int32 [B, k] and top_k_probabilities float32 [B, k],
+      best first.
+    """
+    del image_info, for_tflite  # Nothing to map back; all ops are builtins.
+    logits = tf.cast(model(images, training=False), tf.float32)
+    probabilities = tf.nn.softmax(logits)
+    top_probabilities, top_classes = tf.math.top_k(
+        probabilities, k=min(5, self.num_classes))
+    return {"logits": logits, "probabilities": probabilities,
+            "top_k_classes": tf.cast(top_classes, tf.int32),
+            "top_k_probabilities": top_probabilities}
+
+  def label_map(self):
+    """Class names from the dataset's labels file (one per line), if any."""
+    path = self.data.get("labels_file")
+    if not path or not tf.io.gfile.exists(path):
+      return None
+    with tf.io.gfile.GFile(path) as f:
+      names = [line.strip() for line in f if line.strip()]
+    return dict(enumerate(names)) or None

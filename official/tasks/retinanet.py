@@ -6,6 +6,7 @@ Model: backbone -> decoder -> RetinaNetHead. Loss: focal (alpha 0.25, gamma
 (official/evaluation/coco_evaluator.py), boxes mapped back to original pixels.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -44,16 +45,23 @@ def coco_records(train_pattern=gin.REQUIRED, eval_pattern=gin.REQUIRED,
 
 @gin.configurable
 def synthetic_coco_records(data_dir="data/synthetic_coco", num_train=500,
-                           num_val=100, num_shards=4, seed=0):
+                           num_val=100, num_shards=4, seed=0,
+                           include_masks=False):
   """The synthetic COCO-format dataset, made and converted on first use.
 
   Images and instances JSON come from dataloaders/datasets/synthetic_coco.py;
   the records are written by scripts/create_coco_tf_record.py, exactly as for
-  real COCO. Idempotent: existing records are reused.
+  real COCO. Idempotent: existing records are reused, except that records
+  written without masks are remade when include_masks asks for them
+  (`--include_masks`: one PNG instance mask per object, for Mask R-CNN).
   """
   records = os.path.join(data_dir, "tfrecords")
   done = os.path.join(records, "DONE")
-  if not tf.io.gfile.exists(done):
+  remake = not tf.io.gfile.exists(done)
+  if not remake and include_masks:
+    with tf.io.gfile.GFile(done) as f:
+      remake = "masks" not in f.read().split()
+  if remake:
     logging.info("Making the synthetic COCO dataset in %s", data_dir)
     synthetic_coco.make_synthetic_coco(data_dir, num_train=num_train,
                                        num_val=num_val, seed=seed,
@@ -68,10 +76,13 @@ def synthetic_coco_records(data_dir="data/synthetic_coco", num_train=500,
               data_dir, "annotations", f"instances_{split}.json"),
           f"--output_file_prefix={os.path.join(records, split)}",
           f"--num_shards={num_shards}", "--num_processes=1"]
+      if include_masks:
+        command.append("--include_masks")
       logging.info("Converting: %s", " ".join(command))
       subprocess.run(command, check=True)
     with tf.io.gfile.GFile(done, "w") as f:
-      f.write(f"{num_train} {num_val} {seed}\n")
+      f.write(f"{num_train} {num_val} {seed}"
+              f"{' masks' if include_masks else ''}\n")
   return dict(
       train_pattern=os.path.join(records, "train-*"),
       eval_pattern=os.path.join(records, "val-*"),
@@ -181,19 +192,22 @@ class RetinaNetTask(task_lib.DatasetTask):
         outputs["cls_outputs"], outputs["box_outputs"], labels,
         self.num_classes, **self.loss_args)
 
-  def detect(self, outputs, image_size=None):
-    """Post-processed detections in input pixels (see multilevel_detections)."""
+  def detect(self, outputs, image_size=None, nms_method=None):
+    """Post-processed detections in input pixels (see multilevel_detections).
+
+    nms_method overrides the configured one ("tflite" for TFLite exports).
+    """
+    args = dict(self.postprocess_args)
+    if nms_method is not None:
+      args["nms_method"] = nms_method
     return postprocess.multilevel_detections(
         outputs["cls_outputs"], outputs["box_outputs"], self.anchors,
         image_size or (self.image_size, self.image_size),
-        num_classes=self.num_classes, **self.postprocess_args)
+        num_classes=self.num_classes, **args)
 
   def eval_outputs(self, outputs, labels):
     detections = self.detect(outputs)
-    info = labels["image_info"]  # [b, 4, 2]: original, scaled, scale, offset.
-    scale = tf.tile(info[:, 2:3, :], [1, 1, 2])  # [b, 1, 4]: y, x, y, x.
-    offset = tf.tile(info[:, 3:4, :], [1, 1, 2])
-    boxes = (detections["boxes"] + offset) / scale
+    boxes = original_image_boxes(detections["boxes"], labels["image_info"])
     gt = labels["groundtruths"]
     return {
         "source_id": gt["source_id"],
@@ -213,3 +227,56 @@ class RetinaNetTask(task_lib.DatasetTask):
 
   def build_evaluator(self):
     return COCOEvaluator(annotation_file=self.data.get("annotation_file"))
+
+  def serving_preprocess(self, image):
+    """Evaluation preprocessing: long side to image_size, padded square."""
+    decoded = {"image": image,
+               "groundtruth_boxes": tf.zeros([0, 4], tf.float32),
+               "groundtruth_classes": tf.zeros([0], tf.int32)}
+    out = self._parser(training=False).transform(decoded)
+    return out["image"], out["image_info"]
+
+  def serving_outputs(self, model, images, image_info=None, for_tflite=False):
+    """Detections; boxes in original-image pixels (input pixels for TFLite).
+
+    Returns:
+      num_detections int32 [B]; detection_boxes float32 [B, N, 4] (ymin,
+      xmin, ymax, xmax); detection_scores float32 [B, N]; detection_classes
+      int32 [B, N] (0 = padding), N = max_detections.
+    """
+    detections = self.detect(model(images, training=False),
+                             nms_method="tflite" if for_tflite else None)
+    boxes = detections["boxes"]
+    if image_info is not None:
+      boxes = original_image_boxes(boxes, image_info)
+      keep = (tf.range(tf.shape(boxes)[1])[None, :] <
+              detections["num_detections"][:, None])
+      boxes = tf.where(keep[..., None], boxes, 0.0)
+    return {"num_detections": detections["num_detections"],
+            "detection_boxes": boxes,
+            "detection_scores": detections["scores"],
+            "detection_classes": detections["classes"]}
+
+  def label_map(self):
+    """Category names from the dataset's instances JSON, when it has one."""
+    path = self.data.get("annotation_file")
+    if not path or not tf.io.gfile.exists(path):
+      return None
+    with tf.io.gfile.GFile(path) as f:
+      categories = json.load(f).get("categories", [])
+    return {int(c["id"]): str(c["name"]) for c in categories} or None
+
+
+def original_image_boxes(boxes, image_info):
+  """Maps boxes from model-input pixels back to the original image.
+
+  Args:
+    boxes: float32 [B, N, 4] (ymin, xmin, ymax, xmax), model-input pixels.
+    image_info: float32 [B, 4, 2] (dataloaders/retinanet_input.py layout).
+  Returns:
+    float32 [B, N, 4], original-image pixels, clipped to the image.
+  """
+  scale = tf.tile(image_info[:, 2:3, :], [1, 1, 2])  # [B, 1, 4]: y, x, y, x.
+  offset = tf.tile(image_info[:, 3:4, :], [1, 1, 2])
+  original = tf.tile(image_info[:, 0:1, :], [1, 1, 2])
+  return tf.clip_by_value((boxes + offset) / scale, 0.0, original)

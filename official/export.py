@@ -1,0 +1,89 @@
+r"""Exports a trained model as a SavedModel (TF Serving) or a TFLite model.
+
+  python -m official.export --model_dir=DIR --export_dir=OUT \
+    [--checkpoint=CKPT] [--input_type=image_tensor|image_bytes|tf_example] \
+    [--batch_size=N] [--image_size=N] [--gin_param=...] [--overwrite]
+
+  python -m official.export --model_dir=DIR --export_dir=OUT.tflite \
+    --format=tflite [--quantization=float32|float16|int8]
+
+The model is rebuilt from DIR/config.gin (written when it was trained);
+--gin_param overrides serving settings such as
+"RetinaNetTask.score_threshold = 0.3". The latest checkpoint of DIR is
+restored unless --checkpoint names one; a checkpoint that does not fit the
+rebuilt model fails before anything is written, listing the variables that
+differ (name, expected shape, found shape).
+
+SavedModel: signature `serving_default`, input "images" (official/serving.py
+describes the three input types), outputs num_detections, detection_boxes
+(ymin, xmin, ymax, xmax in original-image pixels), detection_scores,
+detection_classes for detectors; logits, probabilities, top_k_classes,
+top_k_probabilities for classifiers. assets/ holds config.gin and, when the
+dataset names its classes, label_map.json ({"class id": "name"}).
+
+TFLite: batch 1, input float32 [1, S, S, 3] pixels (official/serving.py:
+`tflite_input`), NMS as a TFLite builtin. int8 quantizes weights and
+activations, calibrated on --num_calibration_images images of the training
+records; the input and outputs stay float32.
+
+The export is written to a temporary path next to OUT and moved into place
+when complete, so a failed export leaves an existing OUT as it was.
+"""
+
+from absl import app
+from absl import flags
+
+from official import exporting
+from official import serving
+from official.core import checkpointing
+from official.core import gin_config
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_dir", None, "Training run directory (its "
+                    "config.gin rebuilds the model).")
+flags.DEFINE_string("checkpoint", None, "Checkpoint path prefix (default: "
+                    "the latest in --model_dir).")
+flags.DEFINE_string("export_dir", None, "Where to write the SavedModel "
+                    "directory or the .tflite file.")
+flags.DEFINE_enum("format", "saved_model", exporting.FORMATS, "What to write.")
+flags.DEFINE_enum("input_type", "image_tensor", serving.INPUT_TYPES,
+                  "SavedModel input (official/serving.py).")
+flags.DEFINE_integer("batch_size", None, "Fixed batch size of the SavedModel "
+                     "signature (default: any).")
+flags.DEFINE_integer("image_size", None, "Model input size (default: the "
+                     "trained one).")
+flags.DEFINE_enum("quantization", "float32", exporting.QUANTIZATIONS,
+                  "TFLite weights and activations.")
+flags.DEFINE_integer("num_calibration_images", 100, "int8 calibration "
+                     "images from the training records.")
+flags.DEFINE_multi_string("gin_param", [], "Gin bindings parsed after the "
+                          "model directory's config.gin.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing export.")
+
+
+def main(argv):
+  del argv
+  if not FLAGS.model_dir or not FLAGS.export_dir:
+    raise app.UsageError("--model_dir and --export_dir are required.")
+  try:
+    exporting.check_destination(FLAGS.export_dir, FLAGS.overwrite)
+    task = exporting.load_task(FLAGS.model_dir, FLAGS.gin_param,
+                               FLAGS.image_size)
+    model, _ = exporting.restore_model(task, FLAGS.model_dir,
+                                       FLAGS.checkpoint)
+    if FLAGS.format == "saved_model":
+      path = exporting.export_saved_model(
+          task, model, FLAGS.export_dir, FLAGS.input_type, FLAGS.batch_size,
+          FLAGS.overwrite)
+    else:
+      path = exporting.export_tflite(
+          task, model, FLAGS.export_dir, FLAGS.quantization,
+          FLAGS.num_calibration_images, FLAGS.overwrite)
+  except (exporting.ExportError, checkpointing.CheckpointMismatchError,
+          gin_config.GinConfigError) as e:
+    raise app.UsageError(str(e)) from e
+  print(path)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,238 @@
+"""Export library: rebuild a trained model from its directory, write SavedModels and TFLite.
+
+The command line is official/export.py (its docstring describes the outputs);
+notebooks and tools call these functions directly.
+"""
+
+import os
+import tempfile
+import uuid
+
+import gin
+import keras
+import tensorflow as tf
+from absl import logging
+
+from dataloaders import readers
+from official import registry
+from official import serving
+from official.core import checkpointing
+from official.core import gin_config
+
+FORMATS = ("saved_model", "tflite")
+QUANTIZATIONS = ("float32", "float16", "int8")
+LABEL_MAP_FILE = "label_map.json"
+# TFLite ops left in float32 by int8 quantization. Post-processing must stay
+# float (8-bit scores tie in top-k; 8-bit anchors, exp() and the class shift
+# before NMS ruin the boxes); the box decode shares ADD / SUB / MUL with the
+# network's fusion sums, which therefore stay float as well. Convolutions,
+# pooling and resampling are int8.
+FLOAT_OPS_IN_INT8 = ("LOGISTIC", "TOPK_V2", "GATHER", "EXP",
+                     "NON_MAX_SUPPRESSION_V5", "SELECT_V2", "MINIMUM",
+                     "MAXIMUM", "TILE", "FLOOR_DIV", "FLOOR_MOD",
+                     "REDUCE_MAX", "SOFTMAX", "PACK", "UNPACK", "ADD", "SUB",
+                     "MUL", "STRIDED_SLICE", "CAST")
+
+
+class ExportError(ValueError):
+  """The export cannot be made from what was given."""
+
+
+def load_task(model_dir, gin_params=(), image_size=None):
+  """Parses model_dir/config.gin (and overrides) and returns the task.
+
+  Args:
+    model_dir: a training run's directory.
+    gin_params: extra gin bindings, parsed after the config.
+    image_size: when set, the model's square input size.
+  Raises:
+    ExportError: model_dir has no config.gin.
+  """
+  config = tf.io.gfile.join(model_dir, gin_config.CONFIG_FILE)
+  if not tf.io.gfile.exists(config):
+    raise ExportError(f"{config} does not exist: --model_dir must be a "
+                      f"directory written by official.train (it keeps the "
+                      f"config the model is rebuilt from).")
+  gin_config.parse_gin([config], list(gin_params))
+  task = registry.experiment()
+  if image_size is not None:
+    if not hasattr(task, "image_size"):
+      raise ExportError(f"--image_size: {type(task).__name__} has no "
+                        f"image_size to override.")
+    task.image_size = int(image_size)
+  return task
+
+
+def restore_model(task, model_dir, checkpoint=None):
+  """Builds the task's model and restores a checkpoint into it.
+
+  Args:
+    task: the task from load_task.
+    model_dir: where to look for the latest checkpoint.
+    checkpoint: a checkpoint path prefix (ckpt-N), or None for the latest.
+  Returns:
+    (model, checkpoint path).
+  Raises:
+    ExportError: no checkpoint was found.
+    checkpointing.CheckpointMismatchError: the checkpoint does not fit the
+      model (the message lists the variables).
+  """
+  model = task.build_model()
+  if checkpoint is None:
+    checkpoint = tf.train.latest_checkpoint(model_dir)
+    if checkpoint is None:
+      raise ExportError(f"No checkpoint in {model_dir}; train first or pass "
+                        f"--checkpoint.")
+  elif not tf.io.gfile.glob(checkpoint + ".index"):
+    raise ExportError(f"--checkpoint={checkpoint}: no such checkpoint "
+                      f"({checkpoint}.index does not exist); pass the path "
+                      f"prefix, e.g. {os.path.join(model_dir, 'ckpt-100')}.")
+  step = tf.Variable(0, dtype=tf.int64, trainable=False)
+  checkpointing.Checkpointer(model_dir, model, step).restore(checkpoint)
+  logging.info("Restored %s (step %d).", checkpoint, int(step.numpy()))
+  return model, checkpoint
+
+
+def _assets(task, directory):
+  """Writes config.gin and label_map.json (if known) into directory."""
+  paths = [gin_config.write_config(directory, gin_config.CONFIG_FILE,
+                                   gin.config_str())]
+  label_map = task.label_map()
+  if label_map:
+    paths.append(gin_config.write_json(
+        os.path.join(directory, LABEL_MAP_FILE),
+        {str(k): v for k, v in sorted(label_map.items())}))
+  return paths
+
+
+def check_destination(export_dir, overwrite):
+  """Raises ExportError when export_dir exists and overwrite is off."""
+  if tf.io.gfile.exists(export_dir) and not overwrite:
+    raise ExportError(f"{export_dir} already exists; pass --overwrite to "
+                      f"replace it (it is replaced only once the new export "
+                      f"is complete).")
+
+
+def _move_into_place(tmp, export_dir):
+  if tf.io.gfile.exists(export_dir):
+    if tf.io.gfile.isdir(export_dir):
+      tf.io.gfile.rmtree(export_dir)
+    else:
+      tf.io.gfile.remove(export_dir)
+  tf.io.gfile.rename(tmp, export_dir)
+
+
+def write_saved_model(model, function, path, assets=()):
+  """Writes `function` as the serving_default signature of a SavedModel.
+
+  Through a Keras ExportArchive, which records the Keras 3 variables so that
+  session-based loaders (TF Serving, saved_model_cli run) and the TFLite
+  converter find them; a plain tf.Module leaves them unrestorable there.
+
+  Args:
+    model: the Keras model whose variables `function` reads.
+    function: a tf.function with an input signature.
+    path: the SavedModel directory to write.
+    assets: paths of files copied into path/assets/ (config.gin,
+      label_map.json).
+  """
+  archive = keras.export.ExportArchive()
+  archive.track(model)
+  archive.add_endpoint("serving_default", function.python_function,
+                       input_signature=function.input_signature)
+  archive.write_out(path, verbose=False)
+  # Plain files: no graph op reads them, so they are not registered assets.
+  for asset in assets:
+    target = tf.io.gfile.join(path, "assets", os.path.basename(asset))
+    tf.io.gfile.makedirs(os.path.dirname(target))
+    tf.io.gfile.copy(asset, target, overwrite=True)
+
+
+def export_saved_model(task, model, export_dir, input_type="image_tensor",
+                       batch_size=None, overwrite=False):
+  """Writes a SavedModel with a serving_default signature; returns its path.
+
+  See the module docstring of official/export.py for the signature and
+  assets.
+  """
+  check_destination(export_dir, overwrite)
+  function = serving.serving_function(task, model, input_type, batch_size)
+  tmp = f"{export_dir.rstrip('/')}.tmp-{uuid.uuid4().hex}"
+  with tempfile.TemporaryDirectory() as scratch:
+    try:
+      write_saved_model(model, function, tmp, _assets(task, scratch))
+      _move_into_place(tmp, export_dir)
+    finally:
+      if tf.io.gfile.exists(tmp):
+        tf.io.gfile.rmtree(tmp)
+  logging.info("Wrote the SavedModel %s (input %s, batch %s).", export_dir,
+               input_type, batch_size or "any")
+  return export_dir
+
+
+def calibration_images(task, num_images):
+  """Yields up to num_images TFLite inputs from the training records."""
+  pattern = task.input_files(training=True)
+  if not pattern or isinstance(pattern, (list, tuple)) and not pattern:
+    raise ExportError(f"int8 calibration reads the training records, but "
+                      f"{type(task).__name__} names no record files.")
+  files = readers.list_files(pattern)
+  dataset = tf.data.TFRecordDataset(files).take(num_images)
+  count = 0
+  for record in dataset:
+    pixels, _ = serving.tflite_input(task,
+                                     serving.image_from_example(record))
+    count += 1
+    yield [pixels]
+  if not count:
+    raise ExportError(f"int8 calibration: no records in {pattern}.")
+  logging.info("Calibrated int8 on %d images.", count)
+
+
+def export_tflite(task, model, export_path, quantization="float32",
+                  num_calibration_images=100, overwrite=False):
+  """Writes a .tflite model (see the module docstring); returns its path."""
+  if quantization not in QUANTIZATIONS:
+    raise ExportError(f"--quantization must be one of "
+                      f"{', '.join(QUANTIZATIONS)}, got {quantization!r}.")
+  check_destination(export_path, overwrite)
+  function = serving.tflite_function(task, model)
+  with tempfile.TemporaryDirectory() as scratch:
+    # From a SavedModel the converter freezes the variables into constants.
+    write_saved_model(model, function, scratch)
+    converter = tf.lite.TFLiteConverter.from_saved_model(scratch)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantization == "float32":
+      flatbuffer = converter.convert()
+    elif quantization == "float16":
+      converter.optimizations = [tf.lite.Optimize.DEFAULT]
+      converter.target_spec.supported_types = [tf.float16]
+      flatbuffer = converter.convert()
+    else:
+      converter.optimizations = [tf.lite.Optimize.DEFAULT]
+      converter.representative_dataset = lambda: calibration_images(
+          task, num_calibration_images)
+      # The quantization debugger is the converter's way to keep chosen op
+      # types in float (FLOAT_OPS_IN_INT8).
+      debugger = tf.lite.experimental.QuantizationDebugger(
+          converter=converter,
+          debug_dataset=lambda: calibration_images(task, 1),
+          debug_options=tf.lite.experimental.QuantizationDebugOptions(
+              denylisted_ops=list(FLOAT_OPS_IN_INT8)))
+      flatbuffer = debugger.get_nondebug_quantized_model()
+  tmp = f"{export_path}.tmp-{uuid.uuid4().hex}"
+  try:
+    with tf.io.gfile.GFile(tmp, "wb") as f:
+      f.write(flatbuffer)
+    _move_into_place(tmp, export_path)
+  finally:
+    if tf.io.gfile.exists(tmp):
+      tf.io.gfile.remove(tmp)
+  label_map = task.label_map()
+  if label_map:  # Beside the model: a .tflite file has no assets folder.
+    gin_config.write_json(
+        os.path.splitext(export_path)[0] + "." + LABEL_MAP_FILE,
+        {str(k): v for k, v in sorted(label_map.items())})
+  logging.info("Wrote the TFLite model %s (%s, %.1f MB).", export_path,
+               quantization, len(flatbuffer) / 2**20)
+  return export_path
