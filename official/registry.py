@@ -223,6 +223,7 @@ def _decoder_common(decoder_fn):
 from official.core import trainer
 from official.tasks import classification
 from official.tasks import retinanet
+from official.tasks import segmentation
 
 
 @gin.configurable

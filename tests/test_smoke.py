@@ -34,6 +34,8 @@ def read_metrics(model_dir):
     ("configs/smoke/retinanet.gin", "synthetic_coco_records.data_dir", "AP50"),
     ("configs/smoke/eff_spinenet_m0.gin", "synthetic_coco_records.data_dir",
      "AP50"),
+    ("configs/smoke/segmentation.gin", "synthetic_pascal_records.data_dir",
+     "mIoU"),
 ])
 def test_smoke_config_trains_evaluates_and_reevaluates(tmp_path, config,
                                                        data_param, metric):

@@ -10,6 +10,10 @@
 - A checkpoint that does not fit the model (another architecture, another
   number of classes) raises CheckpointMismatchError, which lists the variables
   by name with the expected and the found shape.
+- `restore_modules` initialises parts of a model (its backbone, its decoder)
+  from another model's checkpoint, e.g. a segmenter's backbone from a
+  RetinaNet trained with the same backbone config (fine-tuning), and reports
+  the variables it did not restore.
 
 tf.train.CheckpointManager writes the checkpoint files first and the
 `checkpoint` index file last (atomically), so a run killed while saving resumes
@@ -18,6 +22,7 @@ from the previous complete checkpoint.
 
 import tempfile
 
+import keras
 import tensorflow as tf
 from absl import logging
 from tensorflow.core.protobuf import trackable_object_graph_pb2
@@ -209,3 +214,282 @@ def _variable_name(obj, fallback):
     if isinstance(value, str) and value:
       return value.split(":")[0]
   return fallback
+
+
+# --- Initialising parts of a model from another model's checkpoint.
+
+MODULES = ("backbone", "decoder", "all")
+_MAX_CANDIDATE_DEPTH = 3
+
+
+def resolve_checkpoint(path_or_dir, what="init_checkpoint"):
+  """The checkpoint path prefix of a path prefix or of a model directory.
+
+  Args:
+    path_or_dir: a checkpoint prefix (".../ckpt-1000") or a directory, whose
+      latest checkpoint is taken.
+    what: how to name the argument in errors.
+
+  Raises:
+    NoCheckpointError: the directory holds no checkpoint, or the prefix
+      names no checkpoint.
+  """
+  path = str(path_or_dir)
+  if tf.io.gfile.isdir(path):
+    latest = tf.train.latest_checkpoint(path)
+    if latest is None:
+      raise NoCheckpointError(
+          f"{what}: the directory {path} holds no checkpoint (no `checkpoint` "
+          f"index file); expected a model_dir of a finished run or a "
+          f"checkpoint path prefix such as {path}/ckpt-1000.")
+    return latest
+  if not tf.io.gfile.exists(f"{path}.index"):
+    raise NoCheckpointError(
+        f"{what}: {path} is neither a directory nor a checkpoint (no "
+        f"{path}.index); expected a model_dir or a checkpoint path prefix "
+        "such as MODEL_DIR/ckpt-1000.")
+  return path
+
+
+def model_modules(model):
+  """The parts of an assembled model that can be restored on their own.
+
+  The assemblies of modeling/models (build_retinanet, build_segmenter,
+  build_classifier) apply the backbone to the model's image input and the
+  decoder, when there is one, to the backbone's outputs; that is how they are
+  found here (Keras 3 keeps the call graph in each layer's inbound nodes).
+
+  Args:
+    model: a functional keras.Model.
+
+  Returns:
+    dict "all" -> model, "backbone" -> the nested keras.Model applied to the
+    model's input, and "decoder" -> the nested keras.Model applied to the
+    backbone's outputs (absent when there is none).
+
+  Raises:
+    ValueError: when no layer of the model takes its input as a backbone.
+  """
+  modules = {"all": model}
+  inputs = {id(t) for t in model.inputs}
+  backbone_outputs = set()
+  for layer in model.layers:
+    if not isinstance(layer, keras.Model):
+      continue
+    for node in getattr(layer, "_inbound_nodes", ()):
+      tensors = [id(t) for t in node.input_tensors]
+      if "backbone" not in modules and tensors and all(
+          t in inputs for t in tensors):
+        modules["backbone"] = layer
+        backbone_outputs = {id(t) for t in node.output_tensors}
+      elif ("backbone" in modules and "decoder" not in modules and tensors
+            and all(t in backbone_outputs for t in tensors)):
+        modules["decoder"] = layer
+  if "backbone" not in modules:
+    raise ValueError(
+        f"Model {model.name!r} has no backbone to restore: none of its layers "
+        f"{[l.name for l in model.layers]} is a nested keras.Model applied to "
+        "the model's input (the layout of modeling/models' assemblies).")
+  return modules
+
+
+def _read_graph(path):
+  reader = tf.train.load_checkpoint(path)
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+  return reader, reader.get_variable_to_shape_map(), graph
+
+
+def _variable_key(node):
+  for attribute in node.attributes:
+    if attribute.name == "VARIABLE_VALUE":
+      return attribute.checkpoint_key
+  return None
+
+
+def _subtree_keys(graph, node_id):
+  """Checkpoint keys of every variable below (and at) a node."""
+  keys, stack, seen = [], [node_id], set()
+  while stack:
+    current = stack.pop()
+    if current in seen:
+      continue
+    seen.add(current)
+    key = _variable_key(graph.nodes[current])
+    if key is not None:
+      keys.append(key)
+    stack.extend(child.node_id for child in graph.nodes[current].children)
+  return keys
+
+
+def _match(graph, node_id, obj):
+  """Walks the checkpoint graph from node_id and the objects from obj together.
+
+  Returns:
+    dict id(variable) -> (variable, checkpoint key), for the variables met
+    at the same path on both sides.
+  """
+  matched, stack, seen = {}, [(node_id, obj)], set()
+  while stack:
+    current, current_obj = stack.pop()
+    if current in seen:
+      continue
+    seen.add(current)
+    node = graph.nodes[current]
+    key = _variable_key(node)
+    if key is not None and isinstance(current_obj, (keras.Variable,
+                                                    tf.Variable)):
+      matched[id(current_obj)] = (current_obj, key)
+    try:
+      children = tf.train.TrackableView.children(current_obj)
+    except Exception:  # Not a trackable we can walk.
+      continue
+    for child in node.children:
+      if child.local_name in children:
+        stack.append((child.node_id, children[child.local_name]))
+  return matched
+
+
+def _candidates(graph, root_name="model"):
+  """(path, node id) of the nodes from the checkpoint's model down, by depth."""
+  top = [c for c in graph.nodes[0].children if c.local_name == root_name]
+  if not top:
+    return []
+  found, level = [], [(root_name, top[0].node_id)]
+  for _ in range(_MAX_CANDIDATE_DEPTH + 1):
+    found.extend(level)
+    level = [(f"{path}/{child.local_name}", child.node_id)
+             for path, node_id in level
+             for child in graph.nodes[node_id].children]
+  return found
+
+
+def restore_modules(path, model, modules=("backbone",)):
+  """Initialises parts of `model` from a checkpoint of another model.
+
+  Each module's variables are looked up by their path below the module, in
+  the part of the checkpoint's model that holds most of them (for a
+  segmenter's backbone: the backbone of the RetinaNet that wrote the
+  checkpoint, wherever it sits there). Every variable of the module must be
+  found with its shape, and the part found must hold no other variable: a
+  backbone built from another config fails, naming the variables.
+
+  Args:
+    path: checkpoint path prefix (see `resolve_checkpoint`), written by a
+      Checkpointer (the model under "model").
+    model: the keras.Model being initialised (built).
+    modules: names from MODULES ("all": the whole model).
+
+  Returns:
+    dict with "checkpoint": path, "modules": {name: object path of the part
+    of the checkpoint restored into it ("model/_operations/1"), None for a
+    module without variables},
+    "restored": sorted variable names, "not_restored": sorted names of the
+    model's variables left at their initial values, "num_checkpoint_unused":
+    the checkpoint's model variables not used.
+
+  Raises:
+    ValueError: an unknown module name, or one the model lacks.
+    CheckpointMismatchError: a module does not fit the checkpoint; lists the
+      variables with the expected and found shapes, and those missing.
+  """
+  unknown = [m for m in modules if m not in MODULES]
+  if unknown or not modules:
+    raise ValueError(f"Unknown module(s) {unknown or list(modules)} to "
+                     f"restore; expected a non-empty subset of {MODULES}.")
+  available = model_modules(model)
+  absent = [m for m in modules if m not in available]
+  if absent:
+    raise ValueError(f"Model {model.name!r} has no {absent[0]} to restore "
+                     f"(it has {sorted(available)}).")
+  try:
+    reader, shapes, graph = _read_graph(path)
+  except Exception as e:  # An unreadable checkpoint: say so.
+    raise CheckpointMismatchError(
+        f"Checkpoint {path} could not be read ({type(e).__name__}: "
+        f"{e}).") from e
+  candidates = _candidates(graph)
+  if not candidates:
+    raise CheckpointMismatchError(
+        f"Checkpoint {path} holds no model (no 'model' object); expected a "
+        "checkpoint written by the trainer.")
+
+  assignments, used_keys, sources = [], set(), {}
+  for name in modules:
+    module = available[name]
+    if not module.variables:  # E.g. the identity decoder: nothing to restore.
+      sources[name] = None
+      continue
+    options = candidates[:1] if name == "all" else candidates
+    best = max(options, key=lambda c, m=module: len(_match(graph, c[1], m)))
+    matched = _match(graph, best[1], module)
+    mismatched, missing = [], []
+    for variable in module.variables:
+      entry = matched.get(id(variable))
+      if entry is None:
+        missing.append(variable)
+        continue
+      found = list(shapes[entry[1]])
+      if found != list(variable.shape):
+        mismatched.append((variable, found))
+    extra = sorted(set(_subtree_keys(graph, best[1])) -
+                   {key for _, key in matched.values()})
+    if mismatched or missing or extra or not matched:
+      raise CheckpointMismatchError(_describe_module_mismatch(
+          path, name, module, best[0], mismatched, missing, extra))
+    sources[name] = best[0]
+    for variable in module.variables:
+      key = matched[id(variable)][1]
+      assignments.append((variable, key))
+      used_keys.add(key)
+
+  restored = set()
+  for variable, key in assignments:
+    variable.assign(reader.get_tensor(key).astype(variable.dtype))
+    restored.add(id(variable))
+  model_keys = set(_subtree_keys(graph, candidates[0][1]))
+  return {
+      "checkpoint": path,
+      "modules": sources,
+      "restored": sorted(_variable_name(v, "?") for v in model.variables
+                         if id(v) in restored),
+      "not_restored": sorted(_variable_name(v, "?") for v in model.variables
+                             if id(v) not in restored),
+      "num_checkpoint_unused": len(model_keys - used_keys),
+  }
+
+
+def _describe_module_mismatch(path, name, module, module_path, mismatched,
+                              missing, extra):
+  """The CheckpointMismatchError text of restore_modules."""
+  lines = [f"Checkpoint {path} does not fit the model's {name} "
+           f"({module.name!r}, {len(module.variables)} variables); its "
+           f"closest part is {module_path}."]
+  if mismatched:
+    lines.append("Variables whose shapes differ (name: expected in the model, "
+                 "found in the checkpoint):")
+    for variable, found in mismatched[:_MAX_LISTED]:
+      lines.append(f"  {_variable_name(variable, '?')}: expected "
+                   f"{list(variable.shape)}, found {found}")
+    if len(mismatched) > _MAX_LISTED:
+      lines.append(f"  ... and {len(mismatched) - _MAX_LISTED} more.")
+  if missing:
+    lines.append(f"{name.capitalize()} variables not in the checkpoint "
+                 f"({len(missing)}):")
+    for variable in missing[:_MAX_LISTED]:
+      lines.append(f"  {_variable_name(variable, '?')} "
+                   f"{list(variable.shape)}")
+    if len(missing) > _MAX_LISTED:
+      lines.append(f"  ... and {len(missing) - _MAX_LISTED} more.")
+  if extra:
+    lines.append(f"Checkpoint variables in that part that the model's {name} "
+                 f"lacks ({len(extra)}):")
+    for key in extra[:_MAX_LISTED]:
+      lines.append(f"  {key.split('/.ATTRIBUTES')[0]}")
+    if len(extra) > _MAX_LISTED:
+      lines.append(f"  ... and {len(extra) - _MAX_LISTED} more.")
+  lines.append(f"The {name} must be built from the same config as the model "
+               "that wrote the checkpoint (backbone id, filter scale, endpoint "
+               "width, block repeats); check the backbone bindings against "
+               "that run's config.gin.")
+  return "\n".join(lines)

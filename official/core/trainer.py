@@ -30,9 +30,19 @@ Steps: steps_per_epoch = ceil(task.num_train_examples / train_batch_size);
 total steps = round(train_epochs * steps_per_epoch) (at least 1), capped by
 max_train_steps. The learning-rate schedule always spans the uncapped run.
 
+Fine-tuning: `init_checkpoint` (a checkpoint path prefix or a model_dir)
+initialises `init_checkpoint_modules` of the model ("backbone" by default,
+e.g. a segmenter's backbone from a RetinaNet trained with the same backbone
+config) when a run starts fresh; a run that resumes from its own checkpoint
+never applies it. The variables left at their initial values (the new heads)
+are logged and listed in init_checkpoint.json; a module that does not fit
+fails before the first step, naming the variables
+(checkpointing.restore_modules).
+
 Files in model_dir: config.gin (at start), operative_config.gin (after the
 model is built and at the end), ckpt-<step>.* and `checkpoint`, train/ and
-eval/ TensorBoard event files, eval_metrics.json ({"step": N, metric: value}).
+eval/ TensorBoard event files, eval_metrics.json ({"step": N, metric: value}),
+init_checkpoint.json (fine-tuning: what was and was not restored).
 """
 
 import math
@@ -55,6 +65,9 @@ from official.core import precision as precision_lib
 from official.core import schedules
 
 MODES = ("train", "eval", "train_and_eval", "continuous_eval")
+
+INIT_REPORT_FILE = "init_checkpoint.json"
+_MAX_LOGGED_NAMES = 50
 
 # dtypes collective all-gather supports (MultiWorkerMirroredStrategy).
 _GATHER_DTYPES = (tf.float16, tf.float32, tf.float64, tf.int32, tf.int64)
@@ -125,6 +138,11 @@ class Trainer:
       unset, and on resume replays the input pipeline up to the restored step
       so that a resumed run sees the same batches as an uninterrupted one.
     max_train_steps: cap on the number of steps (smoke runs).
+    init_checkpoint: fine-tuning: a checkpoint path prefix or a model_dir
+      (its latest checkpoint) whose `init_checkpoint_modules` initialise a
+      fresh run (see the module docstring); None: no initialisation.
+    init_checkpoint_modules: "backbone", "decoder" or "all", or several
+      ("backbone,decoder" or a tuple).
   """
 
   def __init__(self, task, model_dir, strategy, train_epochs=gin.REQUIRED,
@@ -135,7 +153,8 @@ class Trainer:
                optimizer_fn=optimization.build_optimizer,
                learning_rate_fn=schedules.learning_rate_schedule,
                precision="auto", jit_compile=False, deterministic_seed=None,
-               max_train_steps=None):
+               max_train_steps=None, init_checkpoint=None,
+               init_checkpoint_modules="backbone"):
     self.task = task
     self.model_dir = model_dir
     self.strategy = strategy
@@ -194,6 +213,9 @@ class Trainer:
     self.eval_every_steps = (
         schedules.epochs_to_steps(eval_every_epochs, self.steps_per_epoch)
         if eval_every_epochs else None)
+    self.init_checkpoint = init_checkpoint or None
+    self.init_checkpoint_modules = _parse_modules(init_checkpoint_modules)
+    self.init_report = None
 
     self.model = None
     self.optimizer = None
@@ -289,6 +311,10 @@ class Trainer:
     self.build(for_training=True)
     path, step = self.checkpointer.restore_latest()
     step = step or 0
+    if path and self.init_checkpoint:
+      logging.info("Trainer.init_checkpoint=%s is not applied: the run "
+                   "resumes from its own checkpoint %s.", self.init_checkpoint,
+                   path)
     if step >= self.total_steps:
       logging.info("Training already finished: %s is at step %d of %d; "
                    "skipping to evaluation.", path, step, self.total_steps)
@@ -297,9 +323,12 @@ class Trainer:
       logging.info("Resumed from step %d (%s); training to step %d.", step,
                    path, self.total_steps)
     else:
-      logging.info("Training from scratch to step %d (%d steps per epoch, "
-                   "global batch %d).", self.total_steps, self.steps_per_epoch,
-                   self.train_batch_size)
+      if self.init_checkpoint:
+        self.initialize_from_checkpoint()
+      logging.info("Training from %s to step %d (%d steps per epoch, global "
+                   "batch %d).", "the initial checkpoint" if
+                   self.init_checkpoint else "scratch", self.total_steps,
+                   self.steps_per_epoch, self.train_batch_size)
 
     iterator = iter(self._train_dataset(skip_steps=step))
     loop = self._make_train_loop(iterator)
@@ -338,6 +367,45 @@ class Trainer:
         self.evaluate()
     self.write_operative_config()
     return values
+
+  def initialize_from_checkpoint(self):
+    """Restores init_checkpoint_modules from init_checkpoint (fine-tuning).
+
+    Called by `train` when a run starts fresh; builds the model if needed.
+    Logs the variables that were not restored and writes the report to
+    model_dir/init_checkpoint.json (chief).
+
+    Returns:
+      The report of checkpointing.restore_modules.
+
+    Raises:
+      checkpointing.NoCheckpointError: init_checkpoint names no checkpoint.
+      checkpointing.CheckpointMismatchError: a module does not fit it.
+    """
+    self.build(for_training=True)
+    path = checkpointing.resolve_checkpoint(self.init_checkpoint,
+                                            "Trainer.init_checkpoint")
+    report = checkpointing.restore_modules(path, self.model,
+                                           self.init_checkpoint_modules)
+    not_restored = report["not_restored"]
+    shown = not_restored[:_MAX_LOGGED_NAMES]
+    more = len(not_restored) - len(shown)
+    logging.info(
+        "Initialised %s from %s: %d variables restored; %d variables were "
+        "NOT restored (they keep their initial values)%s%s%s",
+        " and ".join(self.init_checkpoint_modules), path,
+        len(report["restored"]), len(not_restored),
+        ":\n  " if shown else ".", "\n  ".join(shown),
+        f"\n  ... and {more} more (all in init_checkpoint.json)." if more
+        else "")
+    if report["num_checkpoint_unused"]:
+      logging.info("%d variables of %s's model were not used (its other "
+                   "parts).", report["num_checkpoint_unused"], path)
+    if self.chief:
+      gin_config.write_json(
+          tf.io.gfile.join(self.model_dir, INIT_REPORT_FILE), report)
+    self.init_report = report
+    return report
 
   def _corrupt_record_message(self, error):
     """Names the corrupted file and record (scanning the inputs on the host)."""
@@ -691,6 +759,41 @@ def _poison_unless_all_finite(grads):
       tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
   factor = tf.where(bad > 0, float("nan"), 1.0)
   return [None if g is None else g * tf.cast(factor, g.dtype) for g in grads]
+
+
+@gin.configurable
+def required_init_checkpoint(pretrained_by=None):
+  """Stands for a Trainer.init_checkpoint that the command must give.
+
+  An experiment that fine-tunes binds
+  `Trainer.init_checkpoint = @required_init_checkpoint()`; the Trainer is
+  then built only once --gin_param sets Trainer.init_checkpoint (gin's
+  %gin.REQUIRED would already fail when the file is parsed, so that the
+  experiment could not even be built and inspected without a checkpoint).
+
+  Args:
+    pretrained_by: the experiment that trains the checkpoint, for the message.
+
+  Raises:
+    ValueError: always, saying what to pass.
+  """
+  where = f" (a run of {pretrained_by})" if pretrained_by else ""
+  raise ValueError(
+      "This experiment fine-tunes from a checkpoint: pass "
+      "--gin_param=\"Trainer.init_checkpoint='MODEL_DIR_OR_CHECKPOINT'\""
+      f"{where}, or Trainer.init_checkpoint=None to train from scratch.")
+
+
+def _parse_modules(modules):
+  """("backbone", ...) of "backbone", "backbone,decoder" or a sequence."""
+  if isinstance(modules, str):
+    modules = [m.strip() for m in modules.split(",") if m.strip()]
+  modules = tuple(modules or ())
+  unknown = [m for m in modules if m not in checkpointing.MODULES]
+  if not modules or unknown:
+    raise ValueError(f"Trainer.init_checkpoint_modules={modules!r}: expected "
+                     f"one or more of {', '.join(checkpointing.MODULES)}.")
+  return modules
 
 
 def _format_seconds(seconds):
