@@ -27,5 +27,6 @@ setuptools.setup(
         "scikit-learn",
         "tqdm",
     ],
-    extras_require={"test": ["pytest", "pytest-xdist", "importlib_resources"]},
+    extras_require={"test": ["pytest", "pytest-xdist", "importlib_resources",
+                             "nbclient", "nbformat", "ipykernel"]},
 )
