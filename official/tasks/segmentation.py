@@ -210,3 +210,37 @@ class SegmentationTask(task_lib.DatasetTask):
     return miou_evaluator.MIoUEvaluator(
         self.num_classes, self.ignore_label,
         class_names=self.data.get("class_names"))
+
+  def serving_preprocess(self, image):
+    """Evaluation preprocessing: long side to image_size, padded square."""
+    shape = tf.shape(image)
+    unlabelled = tf.fill([shape[0], shape[1], 1],
+                         tf.cast(self.ignore_label, tf.uint8))
+    out = self._parser(training=False).transform(
+        {"image": image, "label": unlabelled})
+    return out["image"], out["image_info"]
+
+  def serving_outputs(self, model, images, image_info=None, for_tflite=False):
+    """Per-pixel classes of the model input, and how to map them back.
+
+    Returns:
+      class_map int32 [B, S, S]: the class of each model-input pixel; the
+        image occupies the top-left image_info[:, 1] (scaled height, width)
+        pixels, the rest is padding. probabilities float32 [B, S, S, C].
+      image_info float32 [B, 4, 2] (dataloaders/segmentation_input.py), when
+        given: resize class_map[:h, :w] to image_info[:, 0] for original
+        pixels.
+    """
+    del for_tflite  # All ops are TFLite builtins.
+    probabilities = tf.nn.softmax(tf.cast(model(images, training=False),
+                                          tf.float32))
+    outputs = {"class_map": tf.argmax(probabilities, -1, output_type=tf.int32),
+               "probabilities": probabilities}
+    if image_info is not None:
+      outputs["image_info"] = image_info
+    return outputs
+
+  def label_map(self):
+    names = self.data.get("class_names")
+    return dict(enumerate(names)) if names else None
+

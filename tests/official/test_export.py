@@ -241,3 +241,27 @@ def test_existing_export_is_kept_without_overwrite(run, tmp_path):
 def test_model_dir_without_config_is_explained(tmp_path):
   with pytest.raises(exporting.ExportError, match="config.gin"):
     exporting.load_task(str(tmp_path))
+
+
+def test_segmenter_export_gives_the_in_process_class_map(tmp_path):
+  gin_config.parse_gin(
+      [os.path.join(REPO, "configs/smoke/segmentation.gin")],
+      [f"synthetic_pascal_records.data_dir = '{tmp_path / 'pascal'}'"])
+  task = registry.experiment()
+  task.prepare_data()
+  keras.utils.set_random_seed(0)
+  model = task.build_model()
+  path = sorted(tf.io.gfile.glob(str(tmp_path / "pascal" / "**" / "*.jpg")))[0]
+  image = serving.decode_image(tf.io.read_file(path))
+  model_input, info = task.serving_preprocess(image)
+  expected = task.serving_outputs(model, model_input[None], info[None])
+
+  export_dir = exporting.export_saved_model(task, model,
+                                            str(tmp_path / "export"),
+                                            "image_bytes")
+  serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+  found = serve(images=tf.stack([tf.io.read_file(path)]))
+  np.testing.assert_array_equal(found["class_map"], expected["class_map"])
+  np.testing.assert_allclose(found["image_info"], expected["image_info"])
+  with open(os.path.join(export_dir, "assets", "label_map.json")) as f:
+    assert json.load(f)["0"] == "background"
