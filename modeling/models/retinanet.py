@@ -8,15 +8,10 @@ post-processing (used at evaluation and export).
 import keras
 
 from modeling.heads.retinanet import RetinaNetHead
+from modeling.models.features import check_levels
+from modeling.models.features import multilevel_features
 from modeling.ops.anchors import Anchors
 from modeling.ops.postprocess import NMS_METHODS, multilevel_detections
-
-
-def _describe(levels):
-  levels = sorted(int(l) for l in levels)
-  if levels == list(range(levels[0], levels[-1] + 1)):
-    return f"{levels[0]}..{levels[-1]}"
-  return str(levels)
 
 
 def build_retinanet(backbone, decoder, head, name="retinanet"):
@@ -43,23 +38,10 @@ def build_retinanet(backbone, decoder, head, name="retinanet"):
   if not isinstance(head, RetinaNetHead):
     raise ValueError(f"build_retinanet: head must be a RetinaNetHead, got "
                      f"{type(head).__name__}.")
-  input_shape = tuple(backbone.input_shape[1:])
-  if None in input_shape[:2]:
-    raise ValueError(f"build_retinanet: the backbone's input shape "
-                     f"{input_shape} must be static (anchors depend on it).")
-  images = keras.Input(shape=input_shape, name="images")
-  features = backbone(images)
-  source = "backbone"
-  if decoder is not None:
-    features = decoder(features)
-    source = "decoder"
-  missing = [l for l in head.levels if l not in features]
-  if missing:
-    raise ValueError(
-        f"RetinaNet: the head predicts on levels {head.min_level}.."
-        f"{head.max_level} but the {source} outputs levels "
-        f"{_describe(features)} (missing {missing}); make the head's "
-        f"min_level/max_level agree with the {source}'s.")
+  images, features, source = multilevel_features(
+      backbone, decoder, "build_retinanet", "anchors depend on it")
+  check_levels(features, head.levels, "RetinaNet: the head predicts on",
+               source)
   cls_outputs, box_outputs = head(features)
   return keras.Model(images, {"cls_outputs": cls_outputs,
                               "box_outputs": box_outputs}, name=name)

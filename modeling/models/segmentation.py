@@ -9,13 +9,8 @@ compare them with labels of the input's size.
 import keras
 
 from modeling.heads.segmentation import SegmentationHead
-
-
-def _describe(levels):
-  levels = sorted(int(l) for l in levels)
-  if levels == list(range(levels[0], levels[-1] + 1)):
-    return f"{levels[0]}..{levels[-1]}"
-  return str(levels)
+from modeling.models.features import check_levels
+from modeling.models.features import multilevel_features
 
 
 def build_segmenter(backbone, decoder, head, name="segmenter"):
@@ -41,27 +36,13 @@ def build_segmenter(backbone, decoder, head, name="segmenter"):
   if not isinstance(head, SegmentationHead):
     raise ValueError(f"build_segmenter: head must be a SegmentationHead, got "
                      f"{type(head).__name__}.")
-  input_shape = tuple(backbone.input_shape[1:])
-  if None in input_shape[:2]:
-    raise ValueError(f"build_segmenter: the backbone's input shape "
-                     f"{input_shape} must be static (the logits are upsampled "
-                     "to it).")
-  images = keras.Input(shape=input_shape, name="images")
-  features = backbone(images)
-  source = "backbone"
-  if decoder is not None:
-    features = decoder(features)
-    source = "decoder"
-  missing = [l for l in head.levels if l not in features]
-  if missing:
-    raise ValueError(
-        f"Segmenter: the head averages levels {head.min_level}.."
-        f"{head.max_level} but the {source} outputs levels "
-        f"{_describe(features)} (missing {missing}); make the head's "
-        f"min_level/max_level agree with the {source}'s.")
+  images, features, source = multilevel_features(
+      backbone, decoder, "build_segmenter",
+      "the logits are upsampled to it")
+  check_levels(features, head.levels, "Segmenter: the head averages", source)
   logits = head(features)
   # float32 whatever the policy: logits at the input size feed the loss.
   logits = keras.layers.Resizing(
-      input_shape[0], input_shape[1], interpolation="bilinear",
+      images.shape[1], images.shape[2], interpolation="bilinear",
       dtype="float32", name="upsample_logits")(logits)
   return keras.Model(images, logits, name=name)
