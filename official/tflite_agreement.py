@@ -83,6 +83,8 @@ def define_flags():
   flags.DEFINE_string("images", None, "Image glob.")
   flags.DEFINE_integer("max_images", 50, "Images compared at most.")
   flags.DEFINE_float("min_score", 0.3, "Reference detections checked.")
+  flags.DEFINE_float("iou_threshold", 0.9, "A matched pair agrees from this "
+                     "IoU on (with the same class).")
 
 
 def main(argv):
@@ -96,11 +98,12 @@ def main(argv):
     raise app.UsageError(f"--images={FLAGS.images!r} matches no file.")
   task = exporting.load_task(FLAGS.model_dir)
   results = compare(task, FLAGS.saved_model, FLAGS.tflite, images,
-                    FLAGS.min_score)
+                    FLAGS.min_score, FLAGS.iou_threshold)
   for path, r in results.items():
     logging.info("%s", path)
     print(f"{path}: {r['agreed']}/{r['checked']} detections agree "
-          f"({100 * r['agreement']:.1f}%; IoU >= 0.9 and same class) over "
+          f"({100 * r['agreement']:.1f}%; IoU >= {FLAGS.iou_threshold} and "
+          f"same class) over "
           f"{r['images']} images; mean IoU {r['mean_iou']:.3f}, mean score "
           f"difference {r['mean_score_diff']:.4f}.")
 
