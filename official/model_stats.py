@@ -76,6 +76,22 @@ PUBLISHED = (
      5.2, 6.0),
     ("RetinaNet Eff-SpineNet-D2 768", "retinanet/eff_spinenet_d2_coco.gin",
      6.2, 10.3),
+    # Mask R-CNN (issue 7): the inference graph, i.e. the Fast R-CNN head on
+    # the 1000 test proposals and the mask head on the 100 detections.
+    ("Mask R-CNN SpineNet-49 640", "maskrcnn/spinenet49_coco.gin", 40.8,
+     215.7),
+    ("Mask R-CNN SpineNet-96 1024", "maskrcnn/spinenet96_coco.gin", 55.2,
+     314.6),
+    ("Mask R-CNN SpineNet-143 1280", "maskrcnn/spinenet143_coco.gin", 79.2,
+     498.4),
+    ("Mask R-CNN SpineNet-190 1536", "maskrcnn/spinenet190_coco.gin", 168.2,
+     1685.7),
+    ("Mask R-CNN Eff-SpineNet-D0 512", "maskrcnn/eff_spinenet_d0_coco.gin",
+     4.6, 4.7),
+    ("Mask R-CNN Eff-SpineNet-D1 640", "maskrcnn/eff_spinenet_d1_coco.gin",
+     6.4, 9.2),
+    ("Mask R-CNN Eff-SpineNet-D2 768", "maskrcnn/eff_spinenet_d2_coco.gin",
+     9.2, 16.0),
 )
 
 

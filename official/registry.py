@@ -222,6 +222,7 @@ def _decoder_common(decoder_fn):
 # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position
 from official.core import trainer
 from official.tasks import classification
+from official.tasks import maskrcnn
 from official.tasks import retinanet
 from official.tasks import segmentation
 

@@ -34,6 +34,8 @@ def read_metrics(model_dir):
     ("configs/smoke/retinanet.gin", "synthetic_coco_records.data_dir", "AP50"),
     ("configs/smoke/eff_spinenet_m0.gin", "synthetic_coco_records.data_dir",
      "AP50"),
+    ("configs/smoke/maskrcnn.gin", "synthetic_coco_mask_records.data_dir",
+     "mask_AP50"),
     ("configs/smoke/segmentation.gin", "synthetic_pascal_records.data_dir",
      "mIoU"),
 ])

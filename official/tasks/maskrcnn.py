@@ -1,0 +1,318 @@
+"""Mask R-CNN instance segmentation (SpineNet paper; REFERENCE.md §3, §4).
+
+Model: backbone -> decoder -> RPN -> proposals -> Fast R-CNN and mask heads
+(modeling/models/maskrcnn.py). Loss: RPN objectness and box, Fast R-CNN
+class and box, mask; normalisers in modeling/models/maskrcnn_losses.py.
+Evaluation: detections and 28x28 masks from the model, boxes mapped back to
+original pixels, box and mask AP on the host (COCOEvaluator with
+include_mask, which needs the instances JSON of the evaluated split).
+
+Features the model gets: in training a dict {"images", "gt_boxes",
+"gt_classes", "gt_masks", "image_shape"} (the second stage samples its ROIs
+against the ground truth inside the model); in evaluation {"images",
+"image_shape"}. image_shape is the valid (unpadded) part of each image in
+model-input pixels; proposals and detections are clipped to it.
+"""
+
+import json
+
+import gin
+import tensorflow as tf
+
+from dataloaders import maskrcnn_input
+from modeling.heads.fast_rcnn import FastRCNNHead
+from modeling.heads.mask_head import MaskHead
+from modeling.heads.rpn import RPNHead
+from modeling.models import maskrcnn_losses
+from modeling.models.maskrcnn import MaskRCNNModel
+from official.core import task as task_lib
+from official.evaluation.coco_evaluator import COCOEvaluator
+from official.tasks.retinanet import original_image_boxes
+from official.tasks.retinanet import synthetic_coco_records
+
+
+@gin.configurable
+def synthetic_coco_mask_records(data_dir="data/synthetic_coco_masks",
+                                num_train=500, num_val=100, num_shards=4,
+                                seed=0):
+  """The synthetic COCO-format dataset with instance masks in its records.
+
+  The same images and instances JSON as synthetic_coco_records, converted
+  with --include_masks, in a directory of its own (RetinaNet's records have
+  no masks). Made on first use; idempotent.
+  """
+  # Every argument is passed explicitly, so bindings of
+  # synthetic_coco_records (the RetinaNet quickstart's) do not apply here.
+  return synthetic_coco_records(data_dir=data_dir, num_train=num_train,
+                                num_val=num_val, num_shards=num_shards,
+                                seed=seed, include_masks=True)
+
+
+def valid_image_shape(image_info, image_size):
+  """float32 [B, 2]: the unpadded (height, width) of each model input.
+
+  Args:
+    image_info: float32 [B, 4, 2] (dataloaders/retinanet_input.py layout).
+    image_size: side S of the model input.
+  """
+  return tf.clip_by_value(image_info[:, 1, :] - image_info[:, 3, :], 0.0,
+                          float(image_size))
+
+
+@gin.configurable
+class MaskRCNNTask(task_lib.DatasetTask):
+  """Mask R-CNN training and COCO box + mask evaluation.
+
+  Args:
+    backbone: gin-bound backbone builder (@spinenet, @eff_spinenet, ...).
+    decoder: gin-bound decoder builder (@identity_decoder, @fpn) or None.
+    data: callable returning the dataset dict (@coco_records with an
+      annotation_file, @synthetic_coco_mask_records); the records must hold
+      instance masks (create_coco_tf_record.py --include_masks).
+    num_classes: classes including background 0 (91 for COCO).
+    image_size: square input side in pixels, a multiple of 2^max_level.
+    min_level, max_level: levels of the RPN, the anchors and ROI Align.
+    num_scales, aspect_ratios, anchor_size: RPN anchors (public SpineNet
+      Mask R-CNN: 1, (0.5, 1, 2), 3; 5 for SpineNet-190).
+    rpn_num_convs, rpn_num_filters: RPN head (1 x 256).
+    frcnn_num_convs, frcnn_num_filters, frcnn_num_fcs, frcnn_fc_dims: Fast
+      R-CNN head (4 x 256 convs, 1 FC of 1024).
+    mask_num_convs, mask_num_filters: mask head (4 x 256).
+    head_use_separable_conv: separable 3x3 convs in all three heads
+      (Eff-SpineNet).
+    aug_scale_min, aug_scale_max: training scale jitter (protocol).
+    max_num_instances: ground truths kept per image.
+    rpn_match_threshold, rpn_unmatched_threshold, rpn_batch_size_per_image,
+      rpn_fg_fraction: RPN anchor labelling (0.7, 0.3, 256, 0.5).
+    mask_crop_size: side of the ground-truth mask crops (112).
+    rpn_pre_nms_top_k, rpn_post_nms_top_k, rpn_nms_iou_threshold,
+      test_rpn_pre_nms_top_k, test_rpn_post_nms_top_k: proposals (2000 /
+      1000 / 0.7 in training, 1000 / 1000 at test).
+    num_sampled_rois, foreground_fraction, foreground_iou,
+      background_iou_high, background_iou_low: second-stage ROI sampling
+      (512, 0.25, 0.5, 0.5, 0.0).
+    num_mask_samples: ROIs per image trained by the mask head (128).
+    roi_sampling_ratio: ROI Align samples per bin and side (2).
+    pre_nms_top_k, score_threshold, nms_iou_threshold, max_detections,
+      nms_method: detections (5000, 0.05, 0.5, 100, "combined").
+    rpn_huber_delta, frcnn_huber_delta, rpn_score_weight, rpn_box_weight,
+      frcnn_class_weight, frcnn_box_weight, mask_weight: the losses.
+    seed: makes the input pipeline deterministic.
+  """
+
+  def __init__(self, backbone=gin.REQUIRED, decoder=None, data=gin.REQUIRED,
+               num_classes=91, image_size=640, min_level=3, max_level=7,
+               num_scales=1, aspect_ratios=(0.5, 1.0, 2.0), anchor_size=3.0,
+               rpn_num_convs=1, rpn_num_filters=256, frcnn_num_convs=4,
+               frcnn_num_filters=256, frcnn_num_fcs=1, frcnn_fc_dims=1024,
+               mask_num_convs=4, mask_num_filters=256,
+               head_use_separable_conv=False, aug_scale_min=1.0,
+               aug_scale_max=1.0, max_num_instances=100,
+               rpn_match_threshold=0.7, rpn_unmatched_threshold=0.3,
+               rpn_batch_size_per_image=256, rpn_fg_fraction=0.5,
+               mask_crop_size=112, rpn_pre_nms_top_k=2000,
+               rpn_post_nms_top_k=1000, rpn_nms_iou_threshold=0.7,
+               test_rpn_pre_nms_top_k=1000, test_rpn_post_nms_top_k=1000,
+               num_sampled_rois=512, foreground_fraction=0.25,
+               foreground_iou=0.5, background_iou_high=0.5,
+               background_iou_low=0.0, num_mask_samples=128,
+               roi_sampling_ratio=2, pre_nms_top_k=5000, score_threshold=0.05,
+               nms_iou_threshold=0.5, max_detections=100,
+               nms_method="combined", rpn_huber_delta=1.0 / 9.0,
+               frcnn_huber_delta=1.0, rpn_score_weight=1.0,
+               rpn_box_weight=1.0, frcnn_class_weight=1.0,
+               frcnn_box_weight=1.0, mask_weight=1.0, seed=None):
+    self.backbone_fn = backbone
+    self.decoder_fn = decoder
+    self.data_fn = data
+    self.num_classes = num_classes
+    self.image_size = image_size
+    self.min_level = min_level
+    self.max_level = max_level
+    self.num_scales = num_scales
+    self.aspect_ratios = tuple(aspect_ratios)
+    self.anchor_size = anchor_size
+    self.rpn_head_args = dict(num_convs=rpn_num_convs,
+                              num_filters=rpn_num_filters)
+    self.frcnn_head_args = dict(num_convs=frcnn_num_convs,
+                                num_filters=frcnn_num_filters,
+                                num_fcs=frcnn_num_fcs, fc_dims=frcnn_fc_dims)
+    self.mask_head_args = dict(num_convs=mask_num_convs,
+                               num_filters=mask_num_filters)
+    self.head_use_separable_conv = head_use_separable_conv
+    self.parser_args = dict(
+        aug_scale_min=aug_scale_min, aug_scale_max=aug_scale_max,
+        max_num_instances=max_num_instances,
+        rpn_match_threshold=rpn_match_threshold,
+        rpn_unmatched_threshold=rpn_unmatched_threshold,
+        rpn_batch_size_per_image=rpn_batch_size_per_image,
+        rpn_fg_fraction=rpn_fg_fraction, mask_crop_size=mask_crop_size)
+    self.model_args = dict(
+        rpn_pre_nms_top_k=rpn_pre_nms_top_k,
+        rpn_post_nms_top_k=rpn_post_nms_top_k,
+        rpn_nms_iou_threshold=rpn_nms_iou_threshold,
+        test_rpn_pre_nms_top_k=test_rpn_pre_nms_top_k,
+        test_rpn_post_nms_top_k=test_rpn_post_nms_top_k,
+        num_sampled_rois=num_sampled_rois,
+        foreground_fraction=foreground_fraction,
+        foreground_iou=foreground_iou,
+        background_iou_high=background_iou_high,
+        background_iou_low=background_iou_low,
+        num_mask_samples=num_mask_samples,
+        roi_sampling_ratio=roi_sampling_ratio, pre_nms_top_k=pre_nms_top_k,
+        score_threshold=score_threshold,
+        nms_iou_threshold=nms_iou_threshold, max_detections=max_detections,
+        nms_method=nms_method)
+    self.loss_args = dict(
+        rpn_batch_size_per_image=rpn_batch_size_per_image,
+        rpn_huber_delta=rpn_huber_delta, frcnn_huber_delta=frcnn_huber_delta,
+        rpn_score_weight=rpn_score_weight, rpn_box_weight=rpn_box_weight,
+        frcnn_class_weight=frcnn_class_weight,
+        frcnn_box_weight=frcnn_box_weight, mask_weight=mask_weight)
+    self.seed = seed
+
+  def check_data(self, data):
+    if not data.get("annotation_file"):
+      raise ValueError(
+          "MaskRCNNTask: the dataset has no annotation_file; mask AP is "
+          "computed against the segmentations of the evaluated split's COCO "
+          "instances JSON. Set it, e.g. --gin_param=\"coco_records."
+          "annotation_file='gs://BUCKET/coco/instances_val2017.json'\".")
+
+  def build_model(self):
+    from official import registry  # pylint: disable=g-import-not-at-top
+    backbone, decoder = registry.multilevel_features(
+        (self.image_size, self.image_size, 3), backbone=self.backbone_fn,
+        decoder=self.decoder_fn)
+    norm = registry.norm_activation()
+    separable = self.head_use_separable_conv
+    rpn_head = RPNHead(
+        min_level=self.min_level, max_level=self.max_level,
+        num_anchors_per_location=self.num_scales * len(self.aspect_ratios),
+        use_separable_conv=separable, **self.rpn_head_args, **norm,
+        name="rpn_head")
+    fast_rcnn_head = FastRCNNHead(
+        num_classes=self.num_classes, use_separable_conv=separable,
+        **self.frcnn_head_args, **norm, name="fast_rcnn_head")
+    mask_head = MaskHead(
+        num_classes=self.num_classes, use_separable_conv=separable,
+        **self.mask_head_args, **norm, name="mask_head")
+    return MaskRCNNModel(
+        backbone, decoder, rpn_head, fast_rcnn_head, mask_head,
+        num_scales=self.num_scales, aspect_ratios=self.aspect_ratios,
+        anchor_size=self.anchor_size, **self.model_args)
+
+  def _parser(self, training):
+    return maskrcnn_input.MaskRCNNParser(
+        output_size=self.image_size, min_level=self.min_level,
+        max_level=self.max_level, num_scales=self.num_scales,
+        aspect_ratios=self.aspect_ratios, anchor_size=self.anchor_size,
+        num_classes=self.num_classes, training=training, **self.parser_args)
+
+  def build_inputs(self, training, global_batch_size, input_context=None):
+    pattern = self.data["train_pattern" if training else "eval_pattern"]
+    dataset = maskrcnn_input.maskrcnn_dataset(
+        pattern, training, global_batch_size, self._parser(training),
+        input_context=input_context, seed=self.seed,
+        num_eval_examples=None if training else self.data["num_eval"])
+    size = self.image_size
+
+    def to_features(images, labels):
+      labels = dict(labels)
+      features = {"images": images,
+                  "image_shape": valid_image_shape(labels["image_info"],
+                                                   size)}
+      if training:
+        features["gt_boxes"] = labels.pop("gt_boxes")
+        features["gt_classes"] = labels.pop("gt_classes")
+        features["gt_masks"] = labels.pop("gt_masks")
+      return features, labels
+
+    return dataset.map(to_features, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def compute_losses(self, outputs, labels, global_batch_size):
+    return maskrcnn_losses.maskrcnn_losses(outputs, labels, global_batch_size,
+                                           **self.loss_args)
+
+  def eval_outputs(self, outputs, labels):
+    info = labels["image_info"]
+    gt = labels["groundtruths"]
+    return {
+        "source_id": gt["source_id"],
+        "detection_boxes": _original_boxes(outputs, info),
+        "detection_scores": outputs["detection_scores"],
+        "detection_classes": outputs["detection_classes"],
+        "detection_masks": outputs["detection_masks"],
+        "num_detections": outputs["num_detections"],
+        "valid": labels["valid"],
+        "groundtruth_boxes": gt["boxes"],
+        "groundtruth_classes": gt["classes"],
+        "groundtruth_is_crowd": gt["is_crowd"],
+        "groundtruth_area": gt["areas"],
+        "num_groundtruths": gt["num_groundtruths"],
+        "height": gt["height"],
+        "width": gt["width"],
+    }
+
+  def build_evaluator(self):
+    return COCOEvaluator(annotation_file=self.data.get("annotation_file"),
+                         include_mask=True)
+
+  def serving_preprocess(self, image):
+    """Evaluation preprocessing: long side to image_size, padded square."""
+    decoded = {"image": image,
+               "groundtruth_boxes": tf.zeros([0, 4], tf.float32),
+               "groundtruth_classes": tf.zeros([0], tf.int32)}
+    out = self._parser(training=False).transform(decoded)
+    return out["image"], out["image_info"]
+
+  def serving_outputs(self, model, images, image_info=None, for_tflite=False):
+    """Detections and masks; boxes in original-image pixels.
+
+    Returns:
+      num_detections int32 [B]; detection_boxes float32 [B, N, 4] (ymin,
+      xmin, ymax, xmax), original-image pixels with image_info (else model
+      input pixels); detection_scores float32 [B, N]; detection_classes
+      int32 [B, N] (0 = padding); detection_masks float32 [B, N, 28, 28],
+      mask probabilities over each detection box (paste them into the box,
+      e.g. modeling.ops.mask_ops.paste_mask_numpy), N = max_detections.
+    Raises:
+      NotImplementedError: for_tflite (Mask R-CNN has no TFLite export).
+    """
+    if for_tflite:
+      raise NotImplementedError(
+          "MaskRCNNTask has no TFLite export: its second stage (ROI Align "
+          "gathers, per-class box decoding and NMS between two networks) "
+          "has no TFLite builtin form here. Export a SavedModel instead "
+          "(python -m official.export without --tflite).")
+    if image_info is None:
+      outputs = model(images, training=False)
+      boxes = outputs["detection_boxes"]
+    else:
+      outputs = model({"images": images,
+                       "image_shape": valid_image_shape(image_info,
+                                                        self.image_size)},
+                      training=False)
+      boxes = _original_boxes(outputs, image_info)
+    return {"num_detections": outputs["num_detections"],
+            "detection_boxes": boxes,
+            "detection_scores": outputs["detection_scores"],
+            "detection_classes": outputs["detection_classes"],
+            "detection_masks": outputs["detection_masks"]}
+
+  def label_map(self):
+    """Category names from the dataset's instances JSON, when it has one."""
+    path = self.data.get("annotation_file")
+    if not path or not tf.io.gfile.exists(path):
+      return None
+    with tf.io.gfile.GFile(path) as f:
+      categories = json.load(f).get("categories", [])
+    return {int(c["id"]): str(c["name"]) for c in categories} or None
+
+
+def _original_boxes(outputs, image_info):
+  """Detection boxes in original-image pixels, zeros beyond num_detections."""
+  boxes = original_image_boxes(outputs["detection_boxes"], image_info)
+  keep = (tf.range(tf.shape(boxes)[1])[None, :] <
+          outputs["num_detections"][:, None])
+  return tf.where(keep[..., None], boxes, 0.0)
