@@ -31,6 +31,18 @@ def per_replica_batch(global_batch_size, input_context=None):
   return batch_size, replicas_per_pipeline
 
 
+def map_with_example_seeds(dataset, parse_fn, seed=None):
+  """dataset.map(parse_fn(element, example_seed)), one [2] seed per element.
+
+  Each example gets its own stateless seed, so its augmentation does not
+  depend on which parallel map call runs it (and is reproducible given
+  `seed`).
+  """
+  seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+  return tf.data.Dataset.zip((dataset, seeds)).map(
+      parse_fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def batch_and_pad_eval(dataset, batch_size, replicas_per_pipeline, pad_fn):
   """Batches parsed (images, labels) for evaluation with static shapes.
 

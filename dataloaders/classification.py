@@ -282,11 +282,7 @@ def classification_dataset(file_pattern, training, global_batch_size,
   parser = ClassificationParser(output_size, num_classes, training,
                                 **(parser_kwargs or {}))
   if training:
-    # One stateless seed per example: the augmentation of an example does not
-    # depend on which parallel map call runs it.
-    seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
-    dataset = tf.data.Dataset.zip((dataset, seeds))
-    dataset = dataset.map(parser, num_parallel_calls=AUTOTUNE)
+    dataset = batching.map_with_example_seeds(dataset, parser, seed)
     dataset = dataset.batch(batch_size, drop_remainder=True,
                             num_parallel_calls=AUTOTUNE)
     dataset = dataset.map(lambda images, labels: (images, {"label": labels}))

@@ -45,6 +45,7 @@ import tensorflow as tf
 
 from dataloaders import batching
 from dataloaders import readers
+from dataloaders import resize_crop
 from dataloaders.classification import IMAGENET_MEAN_RGB
 from dataloaders.classification import IMAGENET_STDDEV_RGB
 
@@ -162,28 +163,10 @@ class SegmentationParser:
       return tf.identity(label)
 
   def _scale_and_offset(self, height, width, scale_seed, crop_seed):
-    """(scaled_size int32 [2], image_scale float32 [2], offset int32 [2])."""
-    size = tf.cast(tf.stack([height, width]), tf.float32)
-    if self.training and self.aug_scale_max > self.aug_scale_min:
-      scale = tf.random.stateless_uniform(
-          [], scale_seed, self.aug_scale_min, self.aug_scale_max)
-    else:
-      scale = tf.constant(self.aug_scale_min if self.training else 1.0)
-    target = tf.round(self.output_size * scale)
-    factor = tf.reduce_min(target / size)
-    scaled_size = tf.maximum(tf.round(size * factor), 1.0)
-    image_scale = scaled_size / size
-    scaled_size = tf.cast(scaled_size, tf.int32)
-    max_offset = tf.maximum(scaled_size - self.output_size, 0)
-    if self.training:
-      # Every offset 0..max_offset is equally likely.
-      offset = tf.cast(
-          tf.random.stateless_uniform([2], crop_seed) *
-          tf.cast(max_offset + 1, tf.float32), tf.int32)
-      offset = tf.minimum(offset, max_offset)
-    else:
-      offset = tf.zeros([2], tf.int32)
-    return scaled_size, image_scale, offset
+    """(scaled_size, image_scale, offset); see dataloaders/resize_crop.py."""
+    return resize_crop.scale_and_offset(
+        height, width, self.output_size, self.training, self.aug_scale_min,
+        self.aug_scale_max, scale_seed, crop_seed)
 
   def transform(self, decoded, seed=None):
     """Augments, resizes, crops and pads the image and its label map.
@@ -333,12 +316,9 @@ def segmentation_dataset(file_pattern, training, global_batch_size, parser,
   dataset = readers.tfrecord_dataset(
       file_pattern, training, input_context=input_context, seed=seed)
   if training:
-    seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
-    dataset = tf.data.Dataset.zip((dataset, seeds))
-    dataset = dataset.map(
-        lambda serialized, example_seed: parser(
-            decode_segmentation_example(serialized), example_seed),
-        num_parallel_calls=AUTOTUNE)
+    dataset = batching.map_with_example_seeds(
+        dataset, lambda serialized, example_seed: parser(
+            decode_segmentation_example(serialized), example_seed), seed)
     dataset = dataset.batch(batch_size, drop_remainder=True,
                             num_parallel_calls=AUTOTUNE)
   else:

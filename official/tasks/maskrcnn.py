@@ -14,7 +14,6 @@ against the ground truth inside the model); in evaluation {"images",
 model-input pixels; proposals and detections are clipped to it.
 """
 
-import json
 
 import gin
 import tensorflow as tf
@@ -27,6 +26,7 @@ from modeling.models import maskrcnn_losses
 from modeling.models.maskrcnn import MaskRCNNModel
 from official.core import task as task_lib
 from official.evaluation.coco_evaluator import COCOEvaluator
+from official.tasks.retinanet import category_names
 from official.tasks.retinanet import original_image_boxes
 from official.tasks.retinanet import synthetic_coco_records
 
@@ -239,7 +239,8 @@ class MaskRCNNTask(task_lib.DatasetTask):
     gt = labels["groundtruths"]
     return {
         "source_id": gt["source_id"],
-        "detection_boxes": _original_boxes(outputs, info),
+        "detection_boxes": original_image_boxes(
+            outputs["detection_boxes"], info, outputs["num_detections"]),
         "detection_scores": outputs["detection_scores"],
         "detection_classes": outputs["detection_classes"],
         "detection_masks": outputs["detection_masks"],
@@ -284,7 +285,7 @@ class MaskRCNNTask(task_lib.DatasetTask):
           "MaskRCNNTask has no TFLite export: its second stage (ROI Align "
           "gathers, per-class box decoding and NMS between two networks) "
           "has no TFLite builtin form here. Export a SavedModel instead "
-          "(python -m official.export without --tflite).")
+          "(python -m official.export without --format=tflite).")
     if image_info is None:
       outputs = model(images, training=False)
       boxes = outputs["detection_boxes"]
@@ -293,7 +294,8 @@ class MaskRCNNTask(task_lib.DatasetTask):
                        "image_shape": valid_image_shape(image_info,
                                                         self.image_size)},
                       training=False)
-      boxes = _original_boxes(outputs, image_info)
+      boxes = original_image_boxes(outputs["detection_boxes"], image_info,
+                                   outputs["num_detections"])
     return {"num_detections": outputs["num_detections"],
             "detection_boxes": boxes,
             "detection_scores": outputs["detection_scores"],
@@ -301,18 +303,4 @@ class MaskRCNNTask(task_lib.DatasetTask):
             "detection_masks": outputs["detection_masks"]}
 
   def label_map(self):
-    """Category names from the dataset's instances JSON, when it has one."""
-    path = self.data.get("annotation_file")
-    if not path or not tf.io.gfile.exists(path):
-      return None
-    with tf.io.gfile.GFile(path) as f:
-      categories = json.load(f).get("categories", [])
-    return {int(c["id"]): str(c["name"]) for c in categories} or None
-
-
-def _original_boxes(outputs, image_info):
-  """Detection boxes in original-image pixels, zeros beyond num_detections."""
-  boxes = original_image_boxes(outputs["detection_boxes"], image_info)
-  keep = (tf.range(tf.shape(boxes)[1])[None, :] <
-          outputs["num_detections"][:, None])
-  return tf.where(keep[..., None], boxes, 0.0)
+    return category_names(self.data.get("annotation_file"))

@@ -248,35 +248,41 @@ class RetinaNetTask(task_lib.DatasetTask):
                              nms_method="tflite" if for_tflite else None)
     boxes = detections["boxes"]
     if image_info is not None:
-      boxes = original_image_boxes(boxes, image_info)
-      keep = (tf.range(tf.shape(boxes)[1])[None, :] <
-              detections["num_detections"][:, None])
-      boxes = tf.where(keep[..., None], boxes, 0.0)
+      boxes = original_image_boxes(boxes, image_info,
+                                   detections["num_detections"])
     return {"num_detections": detections["num_detections"],
             "detection_boxes": boxes,
             "detection_scores": detections["scores"],
             "detection_classes": detections["classes"]}
 
   def label_map(self):
-    """Category names from the dataset's instances JSON, when it has one."""
-    path = self.data.get("annotation_file")
-    if not path or not tf.io.gfile.exists(path):
-      return None
-    with tf.io.gfile.GFile(path) as f:
-      categories = json.load(f).get("categories", [])
-    return {int(c["id"]): str(c["name"]) for c in categories} or None
+    return category_names(self.data.get("annotation_file"))
 
 
-def original_image_boxes(boxes, image_info):
+def category_names(annotation_file):
+  """{category id: name} of a COCO instances JSON; None when unavailable."""
+  if not annotation_file or not tf.io.gfile.exists(annotation_file):
+    return None
+  with tf.io.gfile.GFile(annotation_file) as f:
+    categories = json.load(f).get("categories", [])
+  return {int(c["id"]): str(c["name"]) for c in categories} or None
+
+
+def original_image_boxes(boxes, image_info, num_detections=None):
   """Maps boxes from model-input pixels back to the original image.
 
   Args:
     boxes: float32 [B, N, 4] (ymin, xmin, ymax, xmax), model-input pixels.
     image_info: float32 [B, 4, 2] (dataloaders/retinanet_input.py layout).
+    num_detections: optional int32 [B]; rows from it on are set to 0.
   Returns:
     float32 [B, N, 4], original-image pixels, clipped to the image.
   """
   scale = tf.tile(image_info[:, 2:3, :], [1, 1, 2])  # [B, 1, 4]: y, x, y, x.
   offset = tf.tile(image_info[:, 3:4, :], [1, 1, 2])
   original = tf.tile(image_info[:, 0:1, :], [1, 1, 2])
-  return tf.clip_by_value((boxes + offset) / scale, 0.0, original)
+  boxes = tf.clip_by_value((boxes + offset) / scale, 0.0, original)
+  if num_detections is not None:
+    keep = tf.range(tf.shape(boxes)[1])[None, :] < num_detections[:, None]
+    boxes = tf.where(keep[..., None], boxes, 0.0)
+  return boxes
