@@ -16,7 +16,20 @@ except RuntimeError:  # The runtime was initialised first (e.g. by a plugin).
   pass
 
 
+import gin  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture
+def no_gin_bindings():
+  """Clears gin bindings parsed by earlier tests in this process.
+
+  Tests of gin-configurable functions called with some arguments left at
+  their defaults use it: otherwise an experiment parsed by another test
+  (which one depends on the xdist schedule) fills those arguments.
+  """
+  gin.clear_config()
+  yield
 
 
 @pytest.fixture(scope="session")

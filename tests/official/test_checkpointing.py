@@ -8,6 +8,9 @@ from official.core import checkpointing
 from official.core import optimization
 from tests.official import toy_task
 
+# build_optimizer / learning_rate_schedule are gin-configurable.
+pytestmark = pytest.mark.usefixtures("no_gin_bindings")
+
 
 def _state(filters=8, num_classes=3):
   model = toy_task.ToyTask(filters=filters,

@@ -8,6 +8,9 @@ import tensorflow as tf
 from modeling.layers import fusion
 from official.core import optimization
 
+# build_optimizer / learning_rate_schedule are gin-configurable.
+pytestmark = pytest.mark.usefixtures("no_gin_bindings")
+
 
 def _model():
   """Conv2D, SeparableConv2D, DepthwiseConv2D, BN, weighted fusion, Dense."""

@@ -6,6 +6,10 @@ import pytest
 
 from official.core import schedules
 
+# learning_rate_schedule is gin-configurable: bindings another test parsed in
+# this process would fill the arguments left at their defaults here.
+pytestmark = pytest.mark.usefixtures("no_gin_bindings")
+
 
 def lr_at(schedule, step):
   return float(schedule(step))
