@@ -31,6 +31,7 @@ Choices written down here as the project rule:
 import keras
 import tensorflow as tf
 
+from modeling.heads import arguments
 from modeling.layers import activations
 from modeling.layers.conv_bn import batch_norm, kernel_initializer
 from modeling.layers.tracking import tracked_list
@@ -98,14 +99,12 @@ class FastRCNNHead(keras.layers.Layer):
                use_sync_bn=False, norm_momentum=0.99, norm_epsilon=1e-3,
                **kwargs):
     super().__init__(**kwargs)
-    for name, value, low in (("num_classes", num_classes, 2),
-                             ("num_convs", num_convs, 0),
-                             ("num_filters", num_filters, 1),
-                             ("num_fcs", num_fcs, 0),
-                             ("fc_dims", fc_dims, 1)):
-      if int(value) != value or value < low:
-        raise ValueError(f"FastRCNNHead: {name} must be an integer >= {low}, "
-                         f"got {value!r}.")
+    arguments.check_integers("FastRCNNHead", (
+        ("num_classes", num_classes, 2),
+        ("num_convs", num_convs, 0),
+        ("num_filters", num_filters, 1),
+        ("num_fcs", num_fcs, 0),
+        ("fc_dims", fc_dims, 1)))
     self.num_classes = int(num_classes)
     self.num_convs = int(num_convs)
     self.num_filters = int(num_filters)

@@ -30,6 +30,7 @@ Choices written down here as the project rule:
 import keras
 import tensorflow as tf
 
+from modeling.heads import arguments
 from modeling.heads.fast_rcnn import (roi_feature_dims,
                                        separable_or_plain_conv3x3)
 from modeling.layers import activations
@@ -68,13 +69,11 @@ class MaskHead(keras.layers.Layer):
                class_agnostic=False, activation="relu", use_sync_bn=False,
                norm_momentum=0.99, norm_epsilon=1e-3, **kwargs):
     super().__init__(**kwargs)
-    for name, value, low in (("num_classes", num_classes, 2),
-                             ("num_convs", num_convs, 0),
-                             ("num_filters", num_filters, 1),
-                             ("upsample_factor", upsample_factor, 1)):
-      if int(value) != value or value < low:
-        raise ValueError(f"MaskHead: {name} must be an integer >= {low}, "
-                         f"got {value!r}.")
+    arguments.check_integers("MaskHead", (
+        ("num_classes", num_classes, 2),
+        ("num_convs", num_convs, 0),
+        ("num_filters", num_filters, 1),
+        ("upsample_factor", upsample_factor, 1)))
     self.num_classes = int(num_classes)
     self.num_convs = int(num_convs)
     self.num_filters = int(num_filters)

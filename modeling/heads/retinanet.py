@@ -19,6 +19,7 @@ import math
 import keras
 import tensorflow as tf
 
+from modeling.heads import arguments
 from modeling.layers import activations
 from modeling.layers.conv_bn import batch_norm
 from modeling.layers.tracking import tracked_list
@@ -63,14 +64,11 @@ class RetinaNetHead(keras.layers.Layer):
     if not 1 <= min_level <= max_level:
       raise ValueError(f"RetinaNetHead: impossible level range min_level="
                        f"{min_level}, max_level={max_level}.")
-    for name, value, low in (("num_classes", num_classes, 2),
-                             ("num_anchors_per_location",
-                              num_anchors_per_location, 1),
-                             ("num_convs", num_convs, 0),
-                             ("num_filters", num_filters, 1)):
-      if int(value) != value or value < low:
-        raise ValueError(f"RetinaNetHead: {name} must be an integer >= {low}, "
-                         f"got {value!r}.")
+    arguments.check_integers("RetinaNetHead", (
+        ("num_classes", num_classes, 2),
+        ("num_anchors_per_location", num_anchors_per_location, 1),
+        ("num_convs", num_convs, 0),
+        ("num_filters", num_filters, 1)))
     self.min_level = int(min_level)
     self.max_level = int(max_level)
     self.num_classes = int(num_classes)

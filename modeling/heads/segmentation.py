@@ -19,6 +19,7 @@ Choices written down here as the project rule (the paper is silent):
 import keras
 import tensorflow as tf
 
+from modeling.heads import arguments
 from modeling.layers import activations
 from modeling.layers.conv_bn import batch_norm, kernel_initializer
 from modeling.layers.resampling import nearest_resize
@@ -79,12 +80,10 @@ class SegmentationHead(keras.layers.Layer):
     if not 1 <= min_level <= max_level:
       raise ValueError(f"SegmentationHead: impossible level range min_level="
                        f"{min_level}, max_level={max_level}.")
-    for name, value, low in (("num_classes", num_classes, 2),
-                             ("num_convs", num_convs, 0),
-                             ("num_filters", num_filters, 1)):
-      if int(value) != value or value < low:
-        raise ValueError(f"SegmentationHead: {name} must be an integer >= "
-                         f"{low}, got {value!r}.")
+    arguments.check_integers("SegmentationHead", (
+        ("num_classes", num_classes, 2),
+        ("num_convs", num_convs, 0),
+        ("num_filters", num_filters, 1)))
     self.num_classes = int(num_classes)
     self.min_level = int(min_level)
     self.max_level = int(max_level)

@@ -162,3 +162,21 @@ def denormalize_boxes(boxes, height, width):
   """[0, 1] coordinates -> pixels: y * height, x * width. boxes [..., 4]."""
   scale = _scale(height, width)
   return tf.cast(boxes, tf.float32) * scale
+
+
+def image_hw(image_size):
+  """(height, width) float32, broadcastable against [batch, k] box columns.
+
+  Args:
+    image_size: (height, width), or [batch, 2] per-image sizes.
+  Raises:
+    ValueError: another rank.
+  """
+  size = tf.cast(tf.convert_to_tensor(image_size), tf.float32)
+  if size.shape.rank == 2:  # [batch, 2]: one size per image.
+    return size[:, 0:1], size[:, 1:2]
+  if size.shape.rank == 1:
+    return size[0], size[1]
+  raise ValueError(f"image size must be [batch, 2] or [2] (height, width), "
+                   f"got shape {size.shape}.")
+

@@ -31,14 +31,6 @@ from modeling.ops.anchors import Anchors, flatten_levels
 NMS_METHODS = ("combined", "batched", "tflite")
 
 
-def _image_hw(image_size):
-  """(height, width) as float32 tensors broadcastable to [batch, k]."""
-  size = tf.cast(tf.convert_to_tensor(image_size), tf.float32)
-  if size.shape.rank == 2:  # [batch, 2]: one size per image.
-    return size[:, 0:1], size[:, 1:2]
-  return size[0], size[1]
-
-
 def multilevel_detections(cls_logits, box_deltas, anchors, image_size,
                           num_classes=None, pre_nms_top_k=5000,
                           score_threshold=0.05, nms_iou_threshold=0.5,
@@ -129,7 +121,7 @@ def multilevel_detections(cls_logits, box_deltas, anchors, image_size,
   top_deltas = tf.gather(deltas, anchor_index, batch_dims=1)
   boxes = box_ops.decode_boxes(top_deltas, tf.gather(anchors, anchor_index),
                                box_coder_weights)
-  height, width = _image_hw(image_size)
+  height, width = box_ops.image_hw(image_size)
   boxes = box_ops.clip_boxes(boxes, height, width)       # [B, k, 4]
 
   if nms_method == "combined":

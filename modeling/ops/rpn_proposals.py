@@ -30,17 +30,6 @@ _DROPPED_SCORE = -1.0
 _NMS_SCORE_THRESHOLD = -0.5
 
 
-def _image_hw(image_shape):
-  """(height, width) as float32 tensors broadcastable to [batch, k]."""
-  size = tf.cast(tf.convert_to_tensor(image_shape), tf.float32)
-  if size.shape.rank == 2:  # [batch, 2]: one size per image.
-    return size[:, 0:1], size[:, 1:2]
-  if size.shape.rank == 1:
-    return size[0], size[1]
-  raise ValueError(f"image_shape must be [batch, 2] or [2] (height, width), "
-                   f"got shape {size.shape}.")
-
-
 def _anchor_dict(anchors):
   if isinstance(anchors, Anchors):
     return anchors.multilevel_boxes()
@@ -100,7 +89,7 @@ def multilevel_proposals(rpn_scores, rpn_boxes, anchors, image_shape,
     if sorted(value, key=int) != levels:
       raise ValueError(f"rpn_scores cover levels {levels} but {name} cover "
                        f"levels {sorted(value, key=int)}.")
-  height, width = _image_hw(image_shape)
+  height, width = box_ops.image_hw(image_shape)
   pre_nms_top_k = int(pre_nms_top_k)
   post_nms_top_k = int(post_nms_top_k)
 

@@ -27,6 +27,7 @@ from modeling.models.maskrcnn import MaskRCNNModel
 from official.core import task as task_lib
 from official.evaluation.coco_evaluator import COCOEvaluator
 from official.tasks.retinanet import category_names
+from official.tasks.retinanet import detection_serving_preprocess
 from official.tasks.retinanet import original_image_boxes
 from official.tasks.retinanet import synthetic_coco_records
 
@@ -260,12 +261,7 @@ class MaskRCNNTask(task_lib.DatasetTask):
                          include_mask=True)
 
   def serving_preprocess(self, image):
-    """Evaluation preprocessing: long side to image_size, padded square."""
-    decoded = {"image": image,
-               "groundtruth_boxes": tf.zeros([0, 4], tf.float32),
-               "groundtruth_classes": tf.zeros([0], tf.int32)}
-    out = self._parser(training=False).transform(decoded)
-    return out["image"], out["image_info"]
+    return detection_serving_preprocess(self._parser(training=False), image)
 
   def serving_outputs(self, model, images, image_info=None, for_tflite=False):
     """Detections and masks; boxes in original-image pixels.

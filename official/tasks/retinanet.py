@@ -229,12 +229,7 @@ class RetinaNetTask(task_lib.DatasetTask):
     return COCOEvaluator(annotation_file=self.data.get("annotation_file"))
 
   def serving_preprocess(self, image):
-    """Evaluation preprocessing: long side to image_size, padded square."""
-    decoded = {"image": image,
-               "groundtruth_boxes": tf.zeros([0, 4], tf.float32),
-               "groundtruth_classes": tf.zeros([0], tf.int32)}
-    out = self._parser(training=False).transform(decoded)
-    return out["image"], out["image_info"]
+    return detection_serving_preprocess(self._parser(training=False), image)
 
   def serving_outputs(self, model, images, image_info=None, for_tflite=False):
     """Detections; boxes in original-image pixels (input pixels for TFLite).
@@ -266,6 +261,22 @@ def category_names(annotation_file):
   with tf.io.gfile.GFile(annotation_file) as f:
     categories = json.load(f).get("categories", [])
   return {int(c["id"]): str(c["name"]) for c in categories} or None
+
+
+def detection_serving_preprocess(parser, image):
+  """An evaluation parser's geometry for one image with no ground truth.
+
+  Args:
+    parser: a RetinaNetParser (or subclass) built with training=False.
+    image: uint8 [h, w, 3].
+  Returns:
+    (model input float32 [S, S, 3], image_info float32 [4, 2]): long side
+    resized to S, padded square (dataloaders/retinanet_input.py).
+  """
+  out = parser.transform({"image": image,
+                          "groundtruth_boxes": tf.zeros([0, 4], tf.float32),
+                          "groundtruth_classes": tf.zeros([0], tf.int32)})
+  return out["image"], out["image_info"]
 
 
 def original_image_boxes(boxes, image_info, num_detections=None):
