@@ -71,6 +71,19 @@ def run(tmp_path_factory):
     outputs = task.serving_outputs(model, model_input[None], info[None])
     expected.append({k: v.numpy() for k, v in outputs.items()})
   assert sum(int(e["num_detections"][0]) for e in expected) >= 10
+
+  # The serving preprocessing is the evaluation pipeline's: the reference
+  # equals what evaluation computes from the records for the same images.
+  evaluated = {}
+  for features, labels in task.build_inputs(training=False,
+                                            global_batch_size=4):
+    outputs = task.eval_outputs(model(features, training=False), labels)
+    for i, source_id in enumerate(outputs["source_id"].numpy()):
+      evaluated[int(source_id)] = {k: outputs[k][i:i + 1].numpy()
+                                   for k in OUTPUT_KEYS}
+  for path, reference in zip(images[:3], expected):
+    source_id = int(os.path.splitext(os.path.basename(path))[0])
+    check_same(reference, evaluated[source_id], f"evaluation of {path}")
   return dict(root=root, model_dir=str(root / "run"), data_dir=data_dir,
               images=images[:3], expected=expected, task=task, model=model)
 
