@@ -2,6 +2,9 @@
 
 import setuptools
 
+_SEARCH = ["google-vizier[jax]==0.1.24", "jax==0.4.38", "jaxlib==0.4.38",
+           "flax==0.10.2", "optax==0.2.4", "chex==0.1.88", "matplotlib"]
+
 setuptools.setup(
     name="spinenet-keras",
     version="0.1.0",
@@ -27,6 +30,12 @@ setuptools.setup(
         "scikit-learn",
         "tqdm",
     ],
-    extras_require={"test": ["pytest", "pytest-xdist", "importlib_resources",
-                             "nbclient", "nbformat", "ipykernel"]},
+    extras_require={
+        # The architecture searches (python -m official.search) run on OSS
+        # Vizier. An unpinned google-vizier[jax] resolves a jax that fails at
+        # import; this set installs and imports beside TensorFlow 2.21.
+        "search": _SEARCH,
+        "test": ["pytest", "pytest-xdist", "importlib_resources",
+                 "nbclient", "nbformat", "ipykernel"] + _SEARCH,
+    },
 )

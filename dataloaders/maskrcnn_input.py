@@ -9,7 +9,7 @@ The image and its boxes go through exactly the RetinaNet geometry (flip,
 scale jitter, crop, pad; see `dataloaders/retinanet_input.py`), so
 `image_info` has the same layout and meaning. What Mask R-CNN adds:
 
-- RPN targets (REFERENCE §4): class-agnostic anchors labelled with IoU
+- RPN targets (Faster R-CNN §3.1.2): class-agnostic anchors labelled with IoU
   thresholds 0.7 / 0.3, each ground truth force-matched, then 256 anchors
   sampled per image with at most half positives
   (`modeling.ops.target_assigner.RpnAnchorLabeler`).

@@ -5,8 +5,9 @@ TFRecord shards -> `detection_decoder.decode_detection_example` ->
 `official.core.task` (static shapes; training repeats forever; evaluation
 makes one pass and pads its last batch with labels["valid"] = False).
 
-Geometry (REFERENCE §4, "Input"; the resize-and-crop semantics of the Model
-Garden's RetinaNet input). S = output_size, (h, w) the decoded image:
+Geometry (SpineNet Sec. 5.1; the resize-and-crop semantics of the Model
+Garden's RetinaNet input, docs/model_garden_conventions.md). S = output_size,
+(h, w) the decoded image:
 
   training    optional horizontal flip (boxes flipped with the pixels); a
               random scale s in [aug_scale_min, aug_scale_max]; the image is

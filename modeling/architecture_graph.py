@@ -7,15 +7,18 @@ config (SpineNet, SpineNet-MBConv, Eff-SpineNet / SP-EfficientNet) into nodes
 modeling/architecture_drawing.py lays out as in the SpineNet paper's Figure 3:
 x = block order, y = feature level.
 
-Two kinds of edge exist, as in the network itself:
-- "parent": the two (or more) learned input connections of a block.
-- "unconsumed": an output block also fuses every earlier block nobody has
-  consumed yet whose feature map has the output block's shape (SpineNet paper
-  Sec. 3.2). Which blocks these are follows the backbones' own rule (same
-  spatial size and same width), evaluated here without building anything.
+The nodes and edges are a view of the backbone's one description,
+modeling/backbones/scale_permuted.py (which also holds the wiring rule: parent
+edges, and the "unconsumed" edges of SpineNet Sec. 3.2); nothing is re-derived
+here. Edge kinds: PARENT (a learned input connection of a block) and
+UNCONSUMED (an earlier block nobody consumed, fused into the output block of
+the same shape).
 
-Importing this module needs no TensorFlow; the width tables are read from the
-backbone modules when a graph is made.
+Importing this module needs no TensorFlow (the drawing is made without
+it): the backbones and their description are imported when a graph is made,
+because importing modeling.backbones registers, hence imports, every
+backbone. The names below are the description's own (a test keeps them
+equal to modeling/backbones/scale_permuted.py's).
 """
 
 import dataclasses
@@ -70,14 +73,6 @@ class Node:
 
 
 @dataclasses.dataclass(frozen=True)
-class Edge:
-  """A feature map flowing from block `parent` into block `child` (indices)."""
-  parent: int
-  child: int
-  kind: str = PARENT
-
-
-@dataclasses.dataclass(frozen=True)
 class ArchitectureGraph:
   """Nodes in build order and the edges between them.
 
@@ -119,6 +114,15 @@ class ArchitectureGraph:
     return [edge.parent for edge in self.edges if edge.child == index]
 
 
+def __getattr__(name):
+  """`Edge` is the description's edge class, loaded on first use."""
+  if name == "Edge":
+    # pylint: disable=g-import-not-at-top
+    from modeling.backbones.scale_permuted import Edge
+    return Edge
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def display_name(name):
   """A readable model name from a backbone's Keras name.
 
@@ -148,74 +152,15 @@ def _require(config, keys, family):
         f"{sorted(config)}).")
 
 
-def _per_block(value, num_blocks, what):
-  """An int for every block, or a per-block list checked for its length."""
-  if isinstance(value, int) and not isinstance(value, bool):
-    return [value] * num_blocks
-  values = list(value)
-  if len(values) != num_blocks:
-    raise ValueError(f"{what} has {len(values)} entries for {num_blocks} "
-                     "blocks (stem blocks first).")
-  return [int(v) for v in values]
-
-
-def _spinenet_blocks(config):
-  """(level, block_fn, width) of each block and the parsed specs: SpineNet."""
-  # pylint: disable=g-import-not-at-top
-  from modeling.backbones import spinenet as spinenet_lib
-  from modeling.layers.blocks import BLOCK_EXPANSION
-  # pylint: enable=g-import-not-at-top
-  _require(config, ("block_specs", "num_init_blocks", "filter_size_scale",
-                    "block_repeats", "min_level", "max_level"), SPINENET)
-  num_init = config["num_init_blocks"]
-  specs = spinenet_lib.parse_block_specs(
-      config["block_specs"], num_init, config["min_level"],
-      config["max_level"])
-  scale = config["filter_size_scale"]
-  resnext = config.get("block_fn_override") == "resnext"
-
-  def block(level, block_fn):
-    # ResNeXt replaces bottlenecks at the same output width.
-    width = (int(spinenet_lib.FILTER_SIZE_MAP[level] * scale) *
-             BLOCK_EXPANSION[block_fn])
-    shown = "resnext" if resnext and block_fn == "bottleneck" else block_fn
-    return level, shown, width
-
-  blocks = [block(2, "bottleneck") for _ in range(num_init)]
-  blocks += [block(spec.level, spec.block_fn) for spec in specs]
-  return blocks, specs, num_init
-
-
-def _mbconv_blocks(config):
-  """(level, block_fn, width) of each block and the parsed specs: MBConv."""
-  # pylint: disable=g-import-not-at-top
-  from modeling.backbones import spinenet as spinenet_lib
-  from modeling.backbones import spinenet_mbconv as mbconv_lib
-  # pylint: enable=g-import-not-at-top
-  _require(config, ("block_specs", "filter_size_scale", "block_filters",
-                    "block_repeats", "min_level", "max_level"),
-           SPINENET_MBCONV)
-  num_init = len(mbconv_lib.STEM_LEVELS)
-  specs = spinenet_lib.parse_block_specs(
-      config["block_specs"], num_init, config["min_level"],
-      config["max_level"], block_types=mbconv_lib.BLOCK_TYPES)
-  if config["block_filters"] is None:
-    widths = mbconv_lib.level_widths(specs, config["filter_size_scale"])
-  else:
-    widths = _per_block(config["block_filters"], num_init + len(specs),
-                        "block_filters")
-  levels = list(mbconv_lib.STEM_LEVELS) + [spec.level for spec in specs]
-  blocks = [(level, "mbconv", width) for level, width in zip(levels, widths)]
-  return blocks, specs, num_init
-
-
 def graph_from_config(config, family):
   """The block graph of a scale-permuted backbone from its get_config().
 
   Args:
     config: dict from SpineNet.get_config() (family SPINENET) or
       SpineNetMBConv.get_config() (family SPINENET_MBCONV; Eff-SpineNet and
-      SP-EfficientNet-B0 are SpineNetMBConv models).
+      SP-EfficientNet-B0 are SpineNetMBConv models). It must hold the keys
+      that shape the graph (block specs, widths, repeats, levels); others
+      take the backbone's defaults.
     family: SPINENET or SPINENET_MBCONV.
 
   Returns:
@@ -225,61 +170,32 @@ def graph_from_config(config, family):
     ValueError: an unknown family, a config missing the keys of that family,
       or block specs that the backbone itself would reject.
   """
+  # pylint: disable=g-import-not-at-top
   if family == SPINENET:
-    blocks, specs, num_init = _spinenet_blocks(config)
+    from modeling.backbones import spinenet as backbone_lib
+    _require(config, ("block_specs", "num_init_blocks", "filter_size_scale",
+                      "block_repeats", "min_level", "max_level"), family)
   elif family == SPINENET_MBCONV:
-    blocks, specs, num_init = _mbconv_blocks(config)
+    from modeling.backbones import spinenet_mbconv as backbone_lib
+    _require(config, ("block_specs", "filter_size_scale", "block_filters",
+                      "block_repeats", "min_level", "max_level"), family)
   else:
     raise ValueError(f"Unknown backbone family {family!r}; expected one of "
                      f"{FAMILIES}.")
-  repeats = _per_block(config["block_repeats"], len(blocks), "block_repeats")
-  min_level, max_level = config["min_level"], config["max_level"]
-  height, width = tuple(config.get("input_shape", (640, 640, 3)))[:2]
-
-  def shape(index):
-    # The backbones compare feature shapes: ceil(size / 2^level) and width.
-    level, _, channels = blocks[index]
-    return (-(-height // 2 ** level), -(-width // 2 ** level), channels)
-
-  nodes = []
-  for i, (level, block_fn, channels) in enumerate(blocks):
-    is_stem = i < num_init
-    spec = None if is_stem else specs[i - num_init]
-    is_output = bool(spec and spec.is_output)
-    nodes.append(Node(
-        index=i,
-        label=f"S{i + 1}" if is_stem else str(i - num_init + 1),
-        layer_prefix=(f"stem_block_{i + 1}" if is_stem
-                      else f"block_{i - num_init + 1}"),
-        level=level, block_fn=block_fn, width=channels, repeats=repeats[i],
-        is_stem=is_stem, is_output=is_output,
-        endpoint_level=(level if is_output and min_level <= level <= max_level
-                        else None)))
-
-  edges = []
-  out_degree = [0] * num_init
-  for k, spec in enumerate(specs):
-    child = num_init + k
-    for offset in spec.input_offsets:
-      edges.append(Edge(offset, child, PARENT))
-      out_degree[offset] += 1
-    if spec.is_output:
-      for j in range(child):
-        if out_degree[j] == 0 and shape(j) == shape(child):
-          edges.append(Edge(j, child, UNCONSUMED))
-          out_degree[j] += 1
-    out_degree.append(0)
-
-  used = [node.endpoint_level is not None for node in nodes]
-  for edge in reversed(edges):  # Edges point forward: children come first.
-    used[edge.parent] = used[edge.parent] or used[edge.child]
-  nodes = [dataclasses.replace(node, is_used=u) for node, u in zip(nodes, used)]
-
+  # pylint: enable=g-import-not-at-top
+  network = backbone_lib.network_description(
+      {key: value for key, value in config.items() if key != "name"})
+  nodes = tuple(
+      Node(index=n.index, label=n.label, layer_prefix=n.layer_prefix,
+           level=n.level, block_fn=n.block_fn, width=n.width,
+           repeats=n.repeats, is_stem=n.is_stem, is_output=n.is_output,
+           endpoint_level=n.endpoint_level, is_used=n.is_used)
+      for n in network.nodes)
   name = config.get("name", family)
   return ArchitectureGraph(
       name=name, display_name=display_name(name), family=family,
-      nodes=tuple(nodes), edges=tuple(edges), min_level=min_level,
-      max_level=max_level)
+      nodes=nodes, edges=network.edges, min_level=network.min_level,
+      max_level=network.max_level)
 
 
 def graph_from_backbone(backbone):

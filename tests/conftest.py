@@ -1,6 +1,6 @@
 """Session-wide test set-up: two logical CPU devices.
 
-Multi-device code is tested on 2 logical CPUs (DESIGN.md, Tests). Logical
+Multi-device code is tested on 2 logical CPUs (docs/design.md, Tests). Logical
 devices can only be configured before TensorFlow initialises its runtime, and
 pytest imports every test module into one process, so it is done here, once,
 before any test module is collected. Single-device tests use /cpu:0.

@@ -1,7 +1,7 @@
 """scripts/benchmarks/benchmark.py: one tiny run, its JSON checked.
 
 Only the shape of the report and that every figure is a positive number are
-checked; speed never is (DESIGN.md, Tests and benchmarks). The script runs in
+checked; speed never is (docs/design.md, Tests). The script runs in
 a subprocess from a directory outside the repository, as a user would run it
 from anywhere.
 """

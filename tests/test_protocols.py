@@ -1,4 +1,4 @@
-"""Each protocol file holds exactly the values of REFERENCE.md §5."""
+"""Each protocol file holds exactly the values of the paper it cites."""
 
 import os
 

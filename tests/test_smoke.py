@@ -49,7 +49,12 @@ def test_smoke_config_trains_evaluates_and_reevaluates(tmp_path, config,
     assert os.path.exists(os.path.join(model_dir, name)), name
   trained = read_metrics(model_dir)
   assert trained["step"] == 2 and metric in trained
+  # The smoke file's own expected result (configs/smoke/*.gin) is checked.
+  verdict = trained.pop("expected_result")
+  assert verdict["held"] and "Expected result held" in log, verdict
 
   os.remove(os.path.join(model_dir, "eval_metrics.json"))
   run_train("--mode=eval", f"--model_dir={model_dir}")
-  assert read_metrics(model_dir) == pytest.approx(trained)
+  reevaluated = read_metrics(model_dir)
+  assert reevaluated.pop("expected_result")["held"]
+  assert reevaluated == pytest.approx(trained)

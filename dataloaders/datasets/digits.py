@@ -207,3 +207,133 @@ def ensure_digits_records(data_dir, num_shards=4, validation_fraction=0.2,
   tf.io.gfile.rename(tmp_path, manifest_path, overwrite=True)
   print(f"Digits dataset ready: '{manifest_path}'", flush=True)
   return _result(data_dir, manifest)
+
+
+# --- The architecture-search split ------------------------------------------
+#
+# A search must never choose architectures by the images it is finally
+# evaluated on (SpineNet paper §5.1 rewards its proxy on images held out of
+# COCO train2017, not on val2017). The digits search split therefore carves
+# its held-out part from the TRAINING images of the standard split above;
+# the validation images are not written at all.
+
+_SEARCH_MANIFEST_VERSION = 1
+
+
+def search_split_indices(holdout_fraction=0.25, search_seed=0,
+                         validation_fraction=0.2, seed=0):
+  """Scan indices of the search split: train-minus-holdout, holdout, validation.
+
+  The standard train/validation split (`write_digits_folders` with
+  `validation_fraction`, `seed`) is made first; `holdout_fraction` of each
+  digit's training scans is then held out, stratified and fixed by
+  `search_seed`. With the defaults: 1077 search-train, 360 holdout and the
+  360 untouched validation scans.
+
+  Returns:
+    dict "train", "holdout", "validation" -> sorted int numpy arrays, pairwise
+    disjoint, together all 1797 scans.
+
+  Raises:
+    ValueError: a fraction outside (0, 1).
+  """
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+  for name, value in (("holdout_fraction", holdout_fraction),
+                      ("validation_fraction", validation_fraction)):
+    if not 0.0 < value < 1.0:
+      raise ValueError(f"{name} must be in (0, 1), got {value}.")
+  labels = datasets.load_digits().target
+  indices = np.arange(len(labels))
+  train, validation = model_selection.train_test_split(
+      indices, test_size=validation_fraction, random_state=seed,
+      stratify=labels)
+  search_train, holdout = model_selection.train_test_split(
+      train, test_size=holdout_fraction, random_state=search_seed,
+      stratify=labels[train])
+  return {"train": np.sort(search_train), "holdout": np.sort(holdout),
+          "validation": np.sort(validation)}
+
+
+def ensure_digits_search_records(data_dir, holdout_fraction=0.25,
+                                 search_seed=0, num_shards=2):
+  """TFRecords of the digits search split, built once, atomically.
+
+  Files (a folder of their own; never the standard records' folder):
+    data_dir/digits-search_train-SSSSS-of-NNNNN.tfrecord  (train minus holdout)
+    data_dir/digits-holdout-SSSSS-of-NNNNN.tfrecord       (the reward images)
+    data_dir/digits-search_train-labels.txt, data_dir/digits_manifest.json
+
+  The folder is built under a temporary name and renamed into place, so
+  search workers starting together never see (or write) a half-built one.
+
+  Returns:
+    the dict of `ensure_digits_records`, with the holdout as the eval split.
+  """
+  expected = {"version": _SEARCH_MANIFEST_VERSION, "search_split": True,
+              "num_shards": int(num_shards),
+              "holdout_fraction": float(holdout_fraction),
+              "search_seed": int(search_seed)}
+  manifest = _read_manifest(data_dir, expected)
+  if manifest is None:
+    if tf.io.gfile.exists(data_dir) and tf.io.gfile.listdir(data_dir):
+      raise FileExistsError(
+          f"'{data_dir}' holds files but no digits search split made with "
+          f"{expected}; use an empty or new folder for the search split.")
+    tmp_dir = f"{data_dir.rstrip('/')}.tmp-{os.getpid()}"
+    _write_search_records(tmp_dir, expected)
+    try:
+      tf.io.gfile.rename(tmp_dir, data_dir, overwrite=False)
+    except (tf.errors.OpError, OSError):
+      tf.io.gfile.rmtree(tmp_dir)  # Another process finished first.
+    manifest = _read_manifest(data_dir, expected)
+    if manifest is None:
+      raise FileNotFoundError(f"The digits search split in '{data_dir}' is "
+                              "incomplete after building it.")
+  return {
+      "train_pattern": os.path.join(
+          data_dir, f"digits-search_train-*-of-{manifest['num_shards']:05d}"
+          ".tfrecord"),
+      "eval_pattern": os.path.join(
+          data_dir, f"digits-holdout-*-of-{manifest['num_shards']:05d}"
+          ".tfrecord"),
+      "num_train": manifest["num_train"], "num_eval": manifest["num_eval"],
+      "num_classes": NUM_CLASSES,
+      "labels_file": os.path.join(data_dir, manifest["labels_file"]),
+  }
+
+
+def _write_search_records(out_dir, expected):
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  parts = search_split_indices(expected["holdout_fraction"],
+                               expected["search_seed"])
+  digits = datasets.load_digits()
+  images = np.rint(digits.images * (255.0 / 16.0)).clip(0, 255)
+  images = images.astype(np.uint8)
+  images = images.repeat(UPSCALE, axis=1).repeat(UPSCALE, axis=2)
+  labels = digits.target.astype(np.int64)
+  images_dir = os.path.join(out_dir, _IMAGES_SUBDIR)
+  files, labels_file, counts = [], None, {}
+  for split, part in (("search_train", "train"), ("holdout", "holdout")):
+    for digit in range(NUM_CLASSES):
+      tf.io.gfile.makedirs(os.path.join(images_dir, split, str(digit)))
+    for index in parts[part]:
+      buffer = io.BytesIO()
+      Image.fromarray(images[index], mode="L").save(buffer, format="PNG")
+      with tf.io.gfile.GFile(os.path.join(
+          images_dir, split, str(labels[index]), f"{index:04d}.png"),
+                             "wb") as f:
+        f.write(buffer.getvalue())
+    result = image_folder_records.convert_image_folders(
+        os.path.join(images_dir, split), os.path.join(out_dir, f"digits-{split}"),
+        num_shards=expected["num_shards"], num_processes=1,
+        label_file=labels_file, show_progress=False)
+    labels_file = labels_file or result["labels_file"]
+    files += [os.path.basename(p) for p in result["files"]]
+    counts[split] = result["num_examples"]
+  files.append(os.path.basename(labels_file))
+  manifest = dict(expected, num_train=counts["search_train"],
+                  num_eval=counts["holdout"], num_classes=NUM_CLASSES,
+                  labels_file=os.path.basename(labels_file), files=files)
+  with tf.io.gfile.GFile(os.path.join(out_dir, _MANIFEST), "w") as f:
+    json.dump(manifest, f, indent=2, sort_keys=True)

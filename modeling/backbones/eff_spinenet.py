@@ -28,12 +28,13 @@ official/model_stats.py's PUBLISHED rows):
   Table 8 changes only the widths between the two).
 """
 
+from modeling.backbones.registry import register_backbone
 from modeling.backbones.spinenet_mbconv import MBCONV_BLOCK_SPECS
 from modeling.backbones.spinenet_mbconv import SpineNetMBConv
 
 NUM_BLOCKS = 18
 
-# Table 1 (REFERENCE §3): output width of the 18 blocks.
+# Eff-SpineNet paper Table 1: output width of the 18 blocks.
 SP_EFFICIENTNET_B0_FILTERS = (16, 24, 24, 24, 96, 40, 96, 152, 96, 152, 152,
                               152, 152, 96, 40, 152, 152, 152)
 EFF_SPINENET_D0_FILTERS = (16, 24, 16, 16, 104, 48, 120, 40, 120, 168, 96,
@@ -68,10 +69,17 @@ def scaled_filters(block_filters, feature_multiplier):
   return [max(1, int(f * feature_multiplier)) for f in block_filters]
 
 
+@register_backbone("eff_spinenet")
 def eff_spinenet(input_shape=(512, 512, 3), model_id="D0", block_filters=None,
                  feature_multiplier=None, block_repeats=None,
                  endpoints_num_filters=None, fusion_mode="weighted",
-                 downsample_mode="space_to_depth", **kwargs):
+                 downsample_mode="space_to_depth", block_specs=None,
+                 min_level=3, max_level=7, stem_filters=None, expand_ratio=6,
+                 kernel_size=3, se_ratio=0.2, fusion_epsilon=1e-3,
+                 require_divisible_input=True, activation="swish",
+                 use_sync_bn=False, norm_momentum=0.99, norm_epsilon=1e-3,
+                 init_stochastic_depth_rate=0.0, dropblock_keep_prob=None,
+                 dropblock_size=3, name=None):
   """Builds Eff-SpineNet-`model_id` (M0, M1, M2, D0, D1, D2) or SP-EfficientNet "B0".
 
   Args:
@@ -84,8 +92,15 @@ def eff_spinenet(input_shape=(512, 512, 3), model_id="D0", block_filters=None,
       Table 2's value for the model id.
     fusion_mode: "weighted" (paper) or "sum" (Table 9 ablation).
     downsample_mode: "space_to_depth" (paper) or "strided_conv" (Table 9).
-    **kwargs: other SpineNetMBConv arguments (activation, batch norm,
-      stochastic depth, min_level, max_level, ...).
+    block_specs: None for MBCONV_BLOCK_SPECS.
+    stem_filters: None for int(8 * multiplier), at least 8.
+    name: None for "eff_spinenet_<model_id>" ("sp_efficientnet_b0" for B0).
+    Other arguments: see SpineNetMBConv.
+  Returns:
+    A SpineNetMBConv (outputs as modeling/backbones/registry.py says).
+  Raises:
+    ValueError: for an unknown model_id or bad block_filters, or as
+      SpineNetMBConv raises.
   """
   model_id = str(model_id).upper()
   if model_id not in SCALING_MAP:
@@ -109,13 +124,24 @@ def eff_spinenet(input_shape=(512, 512, 3), model_id="D0", block_filters=None,
   repeats = scaling["block_repeats"] if block_repeats is None else block_repeats
   endpoints = (scaling["head_filters"] if endpoints_num_filters is None
                else endpoints_num_filters)
-  kwargs.setdefault("name", "sp_efficientnet_b0" if model_id == "B0"
-                    else f"eff_spinenet_{model_id.lower()}")
-  kwargs.setdefault("block_specs", MBCONV_BLOCK_SPECS)
-  kwargs.setdefault("stem_filters", max(8, int(8 * multiplier)))
+  if name is None:
+    name = ("sp_efficientnet_b0" if model_id == "B0"
+            else f"eff_spinenet_{model_id.lower()}")
+  if stem_filters is None:
+    stem_filters = max(8, int(8 * multiplier))
   return SpineNetMBConv(
       input_shape=input_shape, block_filters=scaled_filters(block_filters,
                                                             multiplier),
       block_repeats=list(repeats) if not isinstance(repeats, int) else repeats,
       endpoints_num_filters=endpoints, fusion_mode=fusion_mode,
-      downsample_mode=downsample_mode, **kwargs)
+      downsample_mode=downsample_mode,
+      block_specs=MBCONV_BLOCK_SPECS if block_specs is None else block_specs,
+      min_level=min_level, max_level=max_level, stem_filters=stem_filters,
+      expand_ratio=expand_ratio, kernel_size=kernel_size, se_ratio=se_ratio,
+      fusion_epsilon=fusion_epsilon,
+      require_divisible_input=require_divisible_input, activation=activation,
+      use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
+      norm_epsilon=norm_epsilon,
+      init_stochastic_depth_rate=init_stochastic_depth_rate,
+      dropblock_keep_prob=dropblock_keep_prob, dropblock_size=dropblock_size,
+      name=name)

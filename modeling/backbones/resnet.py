@@ -20,6 +20,7 @@ project rule):
 
 import keras
 
+from modeling.backbones.registry import register_backbone
 from modeling.layers.blocks import BottleneckBlock
 from modeling.layers.conv_bn import ConvBNAct
 from modeling.layers.regularization import stochastic_depth_rate
@@ -146,12 +147,22 @@ class ResNet(keras.Model):
     return cls(**config)
 
 
-def resnet(input_shape=(640, 640, 3), model_id=50, **overrides):
-  """Builds ResNet-`model_id` (50, 101, 152).
+@register_backbone("resnet")
+def resnet(input_shape=(640, 640, 3), model_id=50, min_level=2, max_level=5,
+           activation="relu", use_sync_bn=False, norm_momentum=0.99,
+           norm_epsilon=1e-3, init_stochastic_depth_rate=0.0,
+           dropblock_keep_prob=None, dropblock_size=3, name=None):
+  """Builds ResNet-`model_id` (50, 101, 152), endpoints C2..C5 by default.
 
-  `overrides` are ResNet arguments (min_level, activation,
-  init_stochastic_depth_rate, ...).
+  Arguments as ResNet's; name None gives "resnet<depth>".
+  Raises:
+    ValueError: for an unknown model_id or level range (see ResNet).
   """
   depth = _check_model_id(model_id)
-  overrides.setdefault("name", f"resnet{depth}")
-  return ResNet(input_shape=input_shape, model_id=depth, **overrides)
+  return ResNet(input_shape=input_shape, model_id=depth, min_level=min_level,
+                max_level=max_level, activation=activation,
+                use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
+                norm_epsilon=norm_epsilon,
+                init_stochastic_depth_rate=init_stochastic_depth_rate,
+                dropblock_keep_prob=dropblock_keep_prob,
+                dropblock_size=dropblock_size, name=name or f"resnet{depth}")

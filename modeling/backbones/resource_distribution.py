@@ -72,33 +72,35 @@ def distribute(widths, flops, betas, divisor=8):
   target = float(sum(flops))
   weighted = float(sum(b * f for b, f in zip(betas, flops)))
   alphas = [target * b / weighted for b in betas]
-  ideal = [math.sqrt(a) * c for a, c in zip(alphas, widths)]
-  levels_free = [f / (c * c) for f, c in zip(flops, widths)]  # ~C_i
+  ideal = np.array([math.sqrt(a) * c for a, c in zip(alphas, widths)])
+  levels_free = np.array([f / (c * c) for f, c in zip(flops, widths)])  # ~C_i
 
-  def rounded(scale):
-    return [max(divisor, int(round(scale * w / divisor)) * divisor)
-            for w in ideal]
-
-  def total(new_widths):
-    return sum(k * c * c for k, c in zip(levels_free, new_widths))
+  def totals(candidates):
+    # Summed left to right (cumsum), as Python's sum would, so ties and
+    # near-ties between candidate roundings resolve the same on every run.
+    return np.cumsum(levels_free * candidates * candidates, axis=-1)[..., -1]
 
   # Rounding alone can move the total by more than 10% (a level-1 block of
   # width 16 rounds by up to 25%); a common factor on the ideal widths,
   # searched on a grid, picks the rounding whose total is closest to F_t.
-  best = min((rounded(scale) for scale in np.linspace(0.8, 1.25, 91)),
-             key=lambda w: abs(total(w) - target))
+  scales = np.linspace(0.8, 1.25, 91)[:, None]
+  grid = np.maximum(divisor, np.round(scales * ideal / divisor) * divisor)
+  best = grid[int(np.argmin(np.abs(totals(grid) - target)))]
   # Then single blocks move by one divisor step while that brings the total
   # closer (the steps of a wide block are fine enough to land near F_t).
+  # Moves are ordered by block, then by new width, so the first of equally
+  # good moves is taken.
+  steps = np.array([-divisor, divisor], dtype=float)
+  eye = np.repeat(np.eye(len(widths)), 2, axis=0)
   while True:
-    error = abs(total(best) - target)
-    moves = [(abs(total(best[:i] + [c + step] + best[i + 1:]) - target), i,
-              c + step)
-             for i, c in enumerate(best) for step in (-divisor, divisor)
-             if c + step >= divisor]
-    new_error, i, c = min(moves)
-    if new_error >= error:
-      return best, alphas
-    best = best[:i] + [c] + best[i + 1:]
+    error = abs(float(totals(best)) - target)
+    moves = best + eye * np.tile(steps, len(widths))[:, None]
+    allowed = (moves >= divisor).all(axis=1)
+    errors = np.where(allowed, np.abs(totals(moves) - target), np.inf)
+    move = int(np.argmin(errors))
+    if errors[move] >= error:
+      return [int(c) for c in best], alphas
+    best = moves[move]
 
 
 def sample(widths, levels, image_size, repeats=1, num_samples=1, seed=None,

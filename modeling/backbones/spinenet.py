@@ -4,7 +4,9 @@ Du et al., "SpineNet: Learning Scale-Permuted Backbone for Recognition and
 Localization" (CVPR 2020). The architecture is data: a list of block specs
 (level, block type, parent offsets, is_output). Offsets index the list
 [stem block 0, stem block 1, block 1, block 2, ...], so offset 2 is the first
-scale-permuted block.
+scale-permuted block. The nodes, wiring and cost come from
+modeling/backbones/scale_permuted.py (network_description below); SpineNet
+builds its Keras graph by walking that description.
 
 Choices where the paper leaves a detail open (written down here as the project
 rule):
@@ -22,20 +24,23 @@ rule):
   residual blocks stay residual.
 """
 
-import collections
-import logging
+import inspect
 
 import keras
 
-from modeling.layers.blocks import BLOCK_EXPANSION, BLOCKS
+from modeling.backbones import scale_permuted
+from modeling.backbones.scale_permuted import BlockSpec  # pylint: disable=unused-import
+from modeling.backbones.scale_permuted import check_input_size
+from modeling.backbones.registry import register_backbone
+from modeling.backbones.scale_permuted import parse_block_specs
+from modeling.layers.blocks import BLOCKS
 from modeling.layers.conv_bn import ConvBNAct
 from modeling.layers.fusion import BlockFusion
-from modeling.layers.resampling import SpineNetResample, level_size
+from modeling.layers.resampling import SpineNetResample
 
-BlockSpec = collections.namedtuple(
-    "BlockSpec", ["level", "block_fn", "input_offsets", "is_output"])
-
-# REFERENCE §1; (level, block type, parent offsets, is_output).
+# SpineNet-49 (final version Fig. 4d) as data, as the public code writes it
+# (docs/model_garden_conventions.md): (level, block type, parent offsets,
+# is_output).
 SPINENET_BLOCK_SPECS = (
     (2, "bottleneck", (0, 1), False),
     (4, "residual", (0, 1), False),
@@ -57,7 +62,8 @@ SPINENET_BLOCK_SPECS = (
 # Inner width of a block at each level before filter_size_scale.
 FILTER_SIZE_MAP = {1: 32, 2: 64, 3: 128, 4: 256, 5: 256, 6: 256, 7: 256}
 
-# REFERENCE §1 scaling table (final paper version for 49S: 0.65).
+# Scaling table of docs/model_garden_conventions.md (49S: 0.65, SpineNet
+# final version Sec. 3.4).
 SCALING_MAP = {
     "49S": dict(endpoints_num_filters=128, filter_size_scale=0.65,
                 resample_alpha=0.5, block_repeats=1),
@@ -76,78 +82,42 @@ SCALING_MAP = {
 STEM_FILTERS = 64
 
 
-def parse_block_specs(block_specs, num_init_blocks=2, min_level=3,
-                      max_level=7, block_types=None):
-  """Validates raw spec entries and returns a list of BlockSpec.
+def network_description(config):
+  """The scale-permuted network (nodes, wiring, cost) of a SpineNet config.
 
   Args:
-    block_specs: sequence of (level, block_fn, parent offsets, is_output).
-    num_init_blocks: stem blocks before the first spec block (offsets 0..n-1).
-    min_level, max_level: endpoint levels; each needs exactly one output block.
-    block_types: allowed block_fn names (default: the residual blocks of
-      modeling.layers.blocks; SpineNet-MBConv passes ("mbconv",)).
+    config: SpineNet arguments, e.g. SpineNet.get_config(); a missing key
+      takes SpineNet's default. Only the arguments that shape the network
+      are read (input_shape, block_specs, min_level, max_level,
+      endpoints_num_filters, resample_alpha, block_repeats,
+      filter_size_scale, num_init_blocks, block_fn_override,
+      resnext_base_width).
+
+  Returns:
+    scale_permuted.ScalePermutedNetwork (family SPINENET); block widths are
+    int(FILTER_SIZE_MAP[level] * filter_size_scale) x the block expansion.
+
   Raises:
-    ValueError: naming the offending entry and the rule it breaks.
+    ValueError: bad block specs, override, repeats or resample_alpha.
   """
-  if not 1 <= min_level <= max_level <= 7:
-    raise ValueError(f"Impossible level range min_level={min_level}, "
-                     f"max_level={max_level}: need 1 <= min_level <= "
-                     "max_level <= 7.")
-  if not block_specs:
-    raise ValueError("block_specs is empty: a SpineNet needs at least one "
-                     "block per output level.")
-  specs = []
-  output_entry = {}
-  for i, entry in enumerate(block_specs):
-    where = f"block_specs[{i}] {tuple(entry)!r}"
-    if len(entry) != 4:
-      raise ValueError(f"{where}: expected (level, block_fn, parent offsets, "
-                       f"is_output), got {len(entry)} fields.")
-    level, block_fn, offsets, is_output = entry
-    if isinstance(level, bool) or not isinstance(level, int) or not (
-        1 <= level <= 7):
-      raise ValueError(f"{where}: level {level!r} is outside 1..7.")
-    allowed = BLOCKS if block_types is None else block_types
-    if block_fn not in allowed:
-      raise ValueError(f"{where}: unknown block type {block_fn!r}; expected "
-                       f"one of {sorted(allowed)}.")
-    offsets = tuple(offsets) if isinstance(offsets, (list, tuple)) else (
-        offsets,)
-    if not offsets:
-      raise ValueError(f"{where}: a block needs at least one parent offset.")
-    last_offset = num_init_blocks + i - 1
-    for offset in offsets:
-      if (isinstance(offset, bool) or not isinstance(offset, int) or
-          not 0 <= offset <= last_offset):
-        raise ValueError(
-            f"{where}: parent offset {offset!r} is out of range; block {i + 1} "
-            f"may only take the {num_init_blocks} stem blocks and the blocks "
-            f"before it (offsets 0..{last_offset}).")
-    if is_output:
-      if level in output_entry:
-        raise ValueError(
-            f"{where}: duplicate output level {level}; block_specs"
-            f"[{output_entry[level]}] is already the level-{level} output.")
-      output_entry[level] = i
-    specs.append(BlockSpec(level, block_fn, offsets, bool(is_output)))
-  missing = [l for l in range(min_level, max_level + 1) if l not in output_entry]
-  if missing:
-    raise ValueError(
-        f"block_specs has no output block for level(s) {missing}; endpoints "
-        f"{min_level}..{max_level} each need one (outputs at levels "
-        f"{sorted(output_entry)}).")
-  return specs
-
-
-def check_input_size(image_size, max_level):
-  """Raises ValueError unless both sides divide by 2^max_level."""
-  stride = 2 ** max_level
-  for side in image_size:
-    if side is None or side % stride:
-      raise ValueError(
-          f"Input size {tuple(image_size)} is not divisible by 2^max_level = "
-          f"{stride} (max_level={max_level}); use a multiple of {stride}, "
-          "e.g. " f"{max(stride, (int(side or stride) // stride) * stride)}.")
+  args = {name: p.default for name, p in
+          inspect.signature(SpineNet.__init__).parameters.items()
+          if p.default is not inspect.Parameter.empty}
+  args.update(config)
+  num_init = args["num_init_blocks"]
+  specs = parse_block_specs(args["block_specs"], num_init, args["min_level"],
+                            args["max_level"])
+  levels = [2] * num_init + [spec.level for spec in specs]
+  return scale_permuted.spinenet_network(
+      tuple(args["input_shape"])[:2], specs,
+      [int(FILTER_SIZE_MAP[level] * args["filter_size_scale"])
+       for level in levels],
+      min_level=args["min_level"], max_level=args["max_level"],
+      block_repeats=args["block_repeats"], stem_filters=STEM_FILTERS,
+      endpoints_num_filters=args["endpoints_num_filters"],
+      resample_alpha=args["resample_alpha"],
+      block_fn_override=args["block_fn_override"],
+      resnext_base_width=args["resnext_base_width"])
 
 
 @keras.saving.register_keras_serializable(package="spinenet")
@@ -191,88 +161,54 @@ class SpineNet(keras.Model):
     input_shape = tuple(input_shape)
     if require_divisible_input:
       check_input_size(input_shape[:2], max_level)
-    if block_repeats < 1:
-      raise ValueError(f"block_repeats must be >= 1, got {block_repeats}")
-    if block_fn_override not in (None, "resnext"):
-      raise ValueError(f"block_fn_override must be None or 'resnext', got "
-                       f"{block_fn_override!r}")
+    network = network_description(dict(
+        input_shape=input_shape, block_specs=specs, min_level=min_level,
+        max_level=max_level, endpoints_num_filters=endpoints_num_filters,
+        resample_alpha=resample_alpha, block_repeats=block_repeats,
+        filter_size_scale=filter_size_scale, num_init_blocks=num_init_blocks,
+        block_fn_override=block_fn_override,
+        resnext_base_width=resnext_base_width))
     bn = dict(use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
               norm_epsilon=norm_epsilon)
 
-    def block_group(x, block_fn, filters, sd_rate, dropblock, name):
-      """block_repeats blocks; only the first may project its input."""
-      kind = "resnext" if (block_fn == "bottleneck" and
-                           block_fn_override == "resnext") else block_fn
-      extra = dict(base_width=resnext_base_width) if kind == "resnext" else {}
-      if dropblock:
-        extra.update(dropblock_keep_prob=dropblock_keep_prob,
-                     dropblock_size=dropblock_size)
-      out_width = filters * BLOCK_EXPANSION[block_fn]
-      for r in range(block_repeats):
-        x = BLOCKS[kind](
-            filters, strides=1,
-            use_projection=(r == 0 and x.shape[-1] != out_width),
+    def block_group(x, node):
+      """node.repeats blocks; only the first may project its input."""
+      extra = (dict(base_width=resnext_base_width)
+               if node.block_fn == "resnext" else {})
+      sd_rate = None  # Stem blocks: no stochastic depth, no DropBlock.
+      if not node.is_stem:
+        if dropblock_keep_prob is not None:
+          extra.update(dropblock_keep_prob=dropblock_keep_prob,
+                       dropblock_size=dropblock_size)
+        if init_stochastic_depth_rate:
+          k = node.index - num_init_blocks + 1
+          sd_rate = init_stochastic_depth_rate * k / len(specs)
+      for r in range(node.repeats):
+        x = BLOCKS[node.block_fn](
+            node.filters, strides=1,
+            use_projection=(r == 0 and node.in_width != node.width),
             stochastic_depth_rate=sd_rate, activation=activation,
-            name=f"{name}_repeat_{r + 1}", **bn, **extra)(x)
+            name=f"{node.layer_prefix}_repeat_{r + 1}", **bn, **extra)(x)
       return x
 
-    height, width = input_shape[0], input_shape[1]
     inputs = keras.Input(shape=input_shape, name="images")
     x = ConvBNAct(STEM_FILTERS, 7, 2, activation, name="stem_conv", **bn)(inputs)
     x = keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
 
-    stem_filters = int(FILTER_SIZE_MAP[2] * filter_size_scale)
-    net, net_levels, net_fns = [], [], []
-    for i in range(num_init_blocks):
-      x = block_group(x, "bottleneck", stem_filters, None, False,
-                      f"stem_block_{i + 1}")
-      net.append(x)
-      net_levels.append(2)
-      net_fns.append("bottleneck")
-    out_degree = [0] * len(net)
+    def resample(x, edge, j):
+      node = network.nodes[edge.child]
+      return SpineNetResample(
+          network.nodes[edge.parent].level, node.level, node.feature_size,
+          network.resample_filters(edge), node.in_width, activation,
+          name=f"{node.layer_prefix}_resample_{j}", **bn)(x)
 
-    endpoints = {}
-    for k, spec in enumerate(specs, start=1):
-      target_size = (level_size(height, spec.level),
-                     level_size(width, spec.level))
-      filters = int(FILTER_SIZE_MAP[spec.level] * filter_size_scale)
-      in_width = filters * BLOCK_EXPANSION[spec.block_fn]
-      parents = []
-      for j, offset in enumerate(spec.input_offsets):
-        parent = net[offset]
-        parent_inner = parent.shape[-1] // BLOCK_EXPANSION[net_fns[offset]]
-        parents.append(SpineNetResample(
-            net_levels[offset], spec.level, target_size,
-            int(parent_inner * resample_alpha), in_width, activation,
-            name=f"block_{k}_resample_{j + 1}", **bn)(parent))
-        out_degree[offset] += 1
-      if spec.is_output:
-        # An output block also takes every earlier block nobody consumed yet,
-        # when its shape already matches (paper Sec. 3.2).
-        for j, feature in enumerate(net):
-          if (out_degree[j] == 0 and tuple(feature.shape[1:]) ==
-              target_size + (in_width,)):
-            parents.append(feature)
-            out_degree[j] += 1
-      x = BlockFusion(fusion_mode, fusion_epsilon, activation,
-                      name=f"block_{k}_fusion")(parents)
-      x = block_group(
-          x, spec.block_fn, filters,
-          init_stochastic_depth_rate * k / len(specs)
-          if init_stochastic_depth_rate else None,
-          dropblock_keep_prob is not None, f"block_{k}")
-      net.append(x)
-      net_levels.append(spec.level)
-      net_fns.append(spec.block_fn)
-      out_degree.append(0)
-      if spec.is_output:
-        if min_level <= spec.level <= max_level:
-          endpoints[spec.level] = x
-        else:
-          logging.info("SpineNet output block %d at level %d is outside "
-                       "[%d, %d] and is not used.", k, spec.level, min_level,
-                       max_level)
+    def fuse(parents, node):
+      return BlockFusion(fusion_mode, fusion_epsilon, activation,
+                         name=f"{node.layer_prefix}_fusion")(parents)
 
+    features = network.build(x, block_group, resample, fuse)
+    endpoints = {level: features[index]
+                 for level, index in network.endpoints.items()}
     outputs = {
         str(level): ConvBNAct(endpoints_num_filters, 1, 1, activation,
                               name=f"endpoint_{level}", **bn)(endpoints[level])
@@ -296,6 +232,7 @@ class SpineNet(keras.Model):
     self.min_level = min_level
     self.max_level = max_level
     self.endpoints_num_filters = endpoints_num_filters
+    self.network = network
 
   @property
   def output_specs(self):
@@ -310,18 +247,52 @@ class SpineNet(keras.Model):
     return cls(**config)
 
 
-def spinenet(input_shape=(640, 640, 3), model_id="49", **overrides):
+@register_backbone("spinenet")
+def spinenet(input_shape=(640, 640, 3), model_id="49", block_specs=None,
+             min_level=3, max_level=7, endpoints_num_filters=None,
+             filter_size_scale=None, resample_alpha=None, block_repeats=None,
+             fusion_mode="sum", fusion_epsilon=1e-3, block_fn_override=None,
+             resnext_base_width=4, num_init_blocks=2,
+             require_divisible_input=True, activation="relu",
+             use_sync_bn=False, norm_momentum=0.99, norm_epsilon=1e-3,
+             init_stochastic_depth_rate=0.0, dropblock_keep_prob=None,
+             dropblock_size=3, name=None):
   """Builds SpineNet-`model_id` (49S, 49, 96, 143, 143L, 190).
 
-  `overrides` are SpineNet arguments (e.g. filter_size_scale=0.25 and
-  resample_alpha=0.25 for the paper's search proxy) applied on top of the
-  model id's scaling.
+  Args:
+    model_id: a SCALING_MAP key (SpineNet paper, final version, Sec. 3.4).
+    endpoints_num_filters, filter_size_scale, resample_alpha, block_repeats:
+      None takes the model id's value; e.g. filter_size_scale=0.25 and
+      resample_alpha=0.25 give the paper's search proxy (Sec. 5.1, NAS
+      details).
+    block_specs: None for SPINENET_BLOCK_SPECS.
+    name: None for "spinenet<model_id>".
+    Other arguments: see SpineNet.
+  Returns:
+    A SpineNet (keras.Model; outputs as modeling/backbones/registry.py says).
+  Raises:
+    ValueError: for an unknown model_id, or as SpineNet raises.
   """
   model_id = str(model_id).upper()
   if model_id not in SCALING_MAP:
     raise ValueError(f"Unknown SpineNet model_id {model_id!r}; expected one of "
                      f"{list(SCALING_MAP)}.")
-  args = dict(SCALING_MAP[model_id])
-  args.update(overrides)
-  args.setdefault("name", f"spinenet{model_id.lower()}")
-  return SpineNet(input_shape=input_shape, **args)
+  scaling = dict(SCALING_MAP[model_id])
+  for key, value in (("endpoints_num_filters", endpoints_num_filters),
+                     ("filter_size_scale", filter_size_scale),
+                     ("resample_alpha", resample_alpha),
+                     ("block_repeats", block_repeats)):
+    if value is not None:
+      scaling[key] = value
+  return SpineNet(
+      input_shape=input_shape,
+      block_specs=SPINENET_BLOCK_SPECS if block_specs is None else block_specs,
+      min_level=min_level, max_level=max_level, fusion_mode=fusion_mode,
+      fusion_epsilon=fusion_epsilon, block_fn_override=block_fn_override,
+      resnext_base_width=resnext_base_width, num_init_blocks=num_init_blocks,
+      require_divisible_input=require_divisible_input, activation=activation,
+      use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
+      norm_epsilon=norm_epsilon,
+      init_stochastic_depth_rate=init_stochastic_depth_rate,
+      dropblock_keep_prob=dropblock_keep_prob, dropblock_size=dropblock_size,
+      name=name or f"spinenet{model_id.lower()}", **scaling)

@@ -5,10 +5,11 @@ MBConv blocks: the model of SpineNet-49 / 49S / 49XS / 49XXS (mobile
 detection) and, with per-block widths, per-block repeats, weighted fusion and
 space-to-depth resampling, of SP-EfficientNet-B0 and Eff-SpineNet
 (modeling/backbones/eff_spinenet.py). The architecture is data: block specs
-(level, "mbconv", parent offsets, is_output) validated by
-spinenet.parse_block_specs, plus one width per block.
+(level, "mbconv", parent offsets, is_output) plus one width per block; the
+nodes, wiring and cost come from modeling/backbones/scale_permuted.py
+(network_description below), which the Keras graph is built from.
 
-Network (REFERENCE §2):
+Network (SpineNet appendix A; docs/model_garden_conventions.md):
 - stem: 3x3 stride-2 conv + BN + act to `stem_filters` (8 x scale), then two
   stem MBConv groups: level 1 (stride 1) and level 2 (stride 2). They are
   blocks 0 and 1 of the offsets (and blocks 1 and 2 of Eff-SpineNet's
@@ -32,21 +33,23 @@ official/model_stats.py):
   them); dropblock_keep_prob must be None.
 """
 
-import logging
+import inspect
 
 import keras
 
-from modeling.backbones.spinenet import BlockSpec, check_input_size
-from modeling.backbones.spinenet import parse_block_specs
+from modeling.backbones import scale_permuted
+from modeling.backbones.scale_permuted import BlockSpec  # pylint: disable=unused-import
+from modeling.backbones.scale_permuted import check_input_size
+from modeling.backbones.registry import register_backbone
+from modeling.backbones.scale_permuted import parse_block_specs
 from modeling.layers.conv_bn import ConvBNAct
 from modeling.layers.fusion import BlockFusion
 from modeling.layers.mbconv import MBConvBlock
 from modeling.layers.resampling import DOWNSAMPLE_MODES, MBConvResample
-from modeling.layers.resampling import level_size
 
-BLOCK_TYPES = ("mbconv",)
+BLOCK_TYPES = scale_permuted.MBCONV_BLOCK_TYPES
 
-# REFERENCE §2: 16 MBConv blocks, (level, block type, parent offsets,
+# 16 MBConv blocks (docs/model_garden_conventions.md): (level, type, offsets,
 # is_output); offsets 0 and 1 are the level-1 and level-2 stem blocks.
 MBCONV_BLOCK_SPECS = (
     (2, "mbconv", (0, 1), False),
@@ -74,7 +77,7 @@ FILTER_SIZE_MAP = {0: 8, 1: 16, 2: 24, 3: 40, 4: 80, 5: 112, 6: 112, 7: 112}
 STEM_LEVELS = (1, 2)
 STEM_STRIDES = (1, 2)
 
-# REFERENCE §2 and SpineNet appendix A. 49XXS is 49XS at 256 px (first
+# SpineNet appendix A, both versions. 49XXS is 49XS at 256 px (first
 # paper version); the 256 px input is the experiment's.
 SCALING_MAP = {
     "49": dict(endpoints_num_filters=48, filter_size_scale=1.0),
@@ -84,25 +87,51 @@ SCALING_MAP = {
 }
 
 
-def _check_per_block(name, values, num_blocks, low=1):
-  """A list of `num_blocks` integers >= low, or a ValueError naming the entry."""
-  values = list(values)
-  if len(values) != num_blocks:
-    raise ValueError(
-        f"{name} has {len(values)} entries but the network has {num_blocks} "
-        f"blocks (2 stem blocks + {num_blocks - 2} spec blocks); give one "
-        "per block, stem blocks first.")
-  for i, value in enumerate(values):
-    if isinstance(value, bool) or int(value) != value or value < low:
-      raise ValueError(f"{name}[{i}] (block {i + 1}) is {value!r}; expected "
-                       f"an integer >= {low}.")
-  return [int(v) for v in values]
-
-
 def level_widths(specs, filter_size_scale=1.0):
   """Per-block widths from FILTER_SIZE_MAP: stem blocks first, then the specs."""
   levels = list(STEM_LEVELS) + [s.level for s in specs]
   return [int(FILTER_SIZE_MAP[level] * filter_size_scale) for level in levels]
+
+
+def network_description(config):
+  """The scale-permuted network (nodes, wiring, cost) of a SpineNetMBConv config.
+
+  Args:
+    config: SpineNetMBConv arguments, e.g. SpineNetMBConv.get_config(); a
+      missing key takes SpineNetMBConv's default. Read: input_shape,
+      block_specs, min_level, max_level, endpoints_num_filters,
+      filter_size_scale, block_filters, stem_filters, block_repeats,
+      expand_ratio, kernel_size, se_ratio, fusion_mode, downsample_mode.
+
+  Returns:
+    scale_permuted.ScalePermutedNetwork (family SPINENET_MBCONV); widths are
+    block_filters, or level_widths(specs, filter_size_scale) when None.
+
+  Raises:
+    ValueError: bad block specs, per-block widths or repeats, or modes.
+  """
+  args = {name: p.default for name, p in
+          inspect.signature(SpineNetMBConv.__init__).parameters.items()
+          if p.default is not inspect.Parameter.empty}
+  args.update(config)
+  specs = parse_block_specs(args["block_specs"], len(STEM_LEVELS),
+                            args["min_level"], args["max_level"],
+                            block_types=BLOCK_TYPES)
+  widths = args["block_filters"]
+  if widths is None:
+    widths = level_widths(specs, args["filter_size_scale"])
+  stem_filters = args["stem_filters"]
+  if stem_filters is None:
+    stem_filters = int(FILTER_SIZE_MAP[0] * args["filter_size_scale"])
+  return scale_permuted.mbconv_network(
+      tuple(args["input_shape"])[:2], specs, widths, stem_levels=STEM_LEVELS,
+      stem_strides=STEM_STRIDES, min_level=args["min_level"],
+      max_level=args["max_level"], block_repeats=args["block_repeats"],
+      stem_filters=stem_filters,
+      endpoints_num_filters=args["endpoints_num_filters"],
+      expand_ratio=args["expand_ratio"], kernel_size=args["kernel_size"],
+      se_ratio=args["se_ratio"], fusion_mode=args["fusion_mode"],
+      downsample_mode=args["downsample_mode"])
 
 
 @keras.saving.register_keras_serializable(package="spinenet")
@@ -150,7 +179,6 @@ class SpineNetMBConv(keras.Model):
     num_init_blocks = len(STEM_LEVELS)
     specs = parse_block_specs(block_specs, num_init_blocks, min_level,
                               max_level, block_types=BLOCK_TYPES)
-    num_blocks = num_init_blocks + len(specs)
     input_shape = tuple(input_shape)
     if require_divisible_input:
       check_input_size(input_shape[:2], max_level)
@@ -161,78 +189,53 @@ class SpineNetMBConv(keras.Model):
     if downsample_mode not in DOWNSAMPLE_MODES:
       raise ValueError(f"Unknown downsample_mode {downsample_mode!r}; "
                        f"expected one of {DOWNSAMPLE_MODES}.")
-    if block_filters is None:
-      widths = level_widths(specs, filter_size_scale)
-    else:
-      widths = _check_per_block("block_filters", block_filters, num_blocks)
-    if isinstance(block_repeats, int) and not isinstance(block_repeats, bool):
-      if block_repeats < 1:
-        raise ValueError(f"block_repeats must be >= 1, got {block_repeats}")
-      repeats = [block_repeats] * num_blocks
-    else:
-      repeats = _check_per_block("block_repeats", block_repeats, num_blocks)
-    if stem_filters is None:
-      stem_filters = int(FILTER_SIZE_MAP[0] * filter_size_scale)
+    network = network_description(dict(
+        input_shape=input_shape, block_specs=specs, min_level=min_level,
+        max_level=max_level, endpoints_num_filters=endpoints_num_filters,
+        filter_size_scale=filter_size_scale, block_filters=block_filters,
+        stem_filters=stem_filters, block_repeats=block_repeats,
+        expand_ratio=expand_ratio, kernel_size=kernel_size, se_ratio=se_ratio,
+        fusion_mode=fusion_mode, downsample_mode=downsample_mode))
+    widths = [node.width for node in network.nodes]
+    repeats = [node.repeats for node in network.nodes]
+    stem_filters = network.stem_filters
     bn = dict(use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
               norm_epsilon=norm_epsilon)
 
-    def block_group(x, filters, strides, repeat, sd_rate, name):
-      for r in range(repeat):
+    def block_group(x, node):
+      sd_rate = None  # Stem blocks: no stochastic depth.
+      if init_stochastic_depth_rate and not node.is_stem:
+        k = node.index - num_init_blocks + 1
+        sd_rate = init_stochastic_depth_rate * k / len(specs)
+      for r in range(node.repeats):
         x = MBConvBlock(
-            x.shape[-1], filters, strides=strides if r == 0 else 1,
+            node.in_width if r == 0 else node.width, node.width,
+            strides=node.strides if r == 0 else 1,
             expand_ratio=expand_ratio, kernel_size=kernel_size,
             se_ratio=se_ratio, stochastic_depth_rate=sd_rate,
-            activation=activation, name=f"{name}_repeat_{r + 1}", **bn)(x)
+            activation=activation, name=f"{node.layer_prefix}_repeat_{r + 1}",
+            **bn)(x)
       return x
 
-    height, width = input_shape[0], input_shape[1]
     inputs = keras.Input(shape=input_shape, name="images")
     x = ConvBNAct(stem_filters, 3, 2, activation, name="stem_conv", **bn)(
         inputs)
-    net, net_levels = [], []
-    for i, (level, strides) in enumerate(zip(STEM_LEVELS, STEM_STRIDES)):
-      x = block_group(x, widths[i], strides, repeats[i], None,
-                      f"stem_block_{i + 1}")
-      net.append(x)
-      net_levels.append(level)
-    out_degree = [0] * len(net)
 
-    endpoints = {}
-    for k, spec in enumerate(specs, start=1):
-      index = num_init_blocks + k - 1
-      filters = widths[index]
-      target_size = (level_size(height, spec.level),
-                     level_size(width, spec.level))
-      parents = []
-      for j, offset in enumerate(spec.input_offsets):
-        parents.append(MBConvResample(
-            net_levels[offset], spec.level, target_size, filters,
-            downsample_mode=downsample_mode, activation=activation,
-            name=f"block_{k}_resample_{j + 1}", **bn)(net[offset]))
-        out_degree[offset] += 1
-      if spec.is_output:
-        for j, feature in enumerate(net):
-          if (out_degree[j] == 0 and tuple(feature.shape[1:]) ==
-              target_size + (filters,)):
-            parents.append(feature)
-            out_degree[j] += 1
-      x = BlockFusion(fusion_mode, fusion_epsilon, activation,
-                      name=f"block_{k}_fusion")(parents)
-      x = block_group(
-          x, filters, 1, repeats[index],
-          init_stochastic_depth_rate * k / len(specs)
-          if init_stochastic_depth_rate else None, f"block_{k}")
-      net.append(x)
-      net_levels.append(spec.level)
-      out_degree.append(0)
-      if spec.is_output:
-        if min_level <= spec.level <= max_level:
-          endpoints[spec.level] = x
-        else:
-          logging.info("SpineNetMBConv output block %d at level %d is "
-                       "outside [%d, %d] and is not used.", k, spec.level,
-                       min_level, max_level)
+    def resample(x, edge, j):
+      node = network.nodes[edge.child]
+      return MBConvResample(
+          network.nodes[edge.parent].level, node.level, node.feature_size,
+          node.in_width, downsample_mode=downsample_mode,
+          activation=activation, name=f"{node.layer_prefix}_resample_{j}",
+          **bn)(x)
 
+    def fuse(parents, node):
+      return BlockFusion(fusion_mode, fusion_epsilon, activation,
+                         name=f"{node.layer_prefix}_fusion")(parents)
+
+    features = network.build(x, block_group, resample, fuse)
+    endpoints = {level: features[index]
+                 for level, index in network.endpoints.items()}
     outputs = {
         str(level): ConvBNAct(endpoints_num_filters, 1, 1, activation,
                               name=f"endpoint_{level}", **bn)(endpoints[level])
@@ -260,6 +263,7 @@ class SpineNetMBConv(keras.Model):
     self.max_level = max_level
     self.endpoints_num_filters = endpoints_num_filters
     self.block_widths = list(widths)
+    self.network = network
 
   @property
   def output_specs(self):
@@ -274,19 +278,53 @@ class SpineNetMBConv(keras.Model):
     return cls(**config)
 
 
-def spinenet_mbconv(input_shape=(384, 384, 3), model_id="49", **overrides):
+@register_backbone("spinenet_mbconv")
+def spinenet_mbconv(input_shape=(384, 384, 3), model_id="49", block_specs=None,
+                    min_level=3, max_level=7, endpoints_num_filters=None,
+                    filter_size_scale=None, block_filters=None,
+                    stem_filters=None, block_repeats=1, expand_ratio=6,
+                    kernel_size=3, se_ratio=0.2, fusion_mode="sum",
+                    fusion_epsilon=1e-3, downsample_mode="strided_conv",
+                    require_divisible_input=True, activation="swish",
+                    use_sync_bn=False, norm_momentum=0.99, norm_epsilon=1e-3,
+                    init_stochastic_depth_rate=0.0, dropblock_keep_prob=None,
+                    dropblock_size=3, name=None):
   """Builds SpineNet-`model_id` with MBConv blocks (49, 49S, 49XS, 49XXS).
 
-  `overrides` are SpineNetMBConv arguments applied on top of the scaling.
+  Args:
+    model_id: a SCALING_MAP key (SpineNet paper, appendix A).
+    endpoints_num_filters, filter_size_scale: None takes the model id's value.
+    block_specs: None for MBCONV_BLOCK_SPECS.
+    name: None for "spinenet<model_id>_mbconv".
+    Other arguments: see SpineNetMBConv.
+  Returns:
+    A SpineNetMBConv (outputs as modeling/backbones/registry.py says).
+  Raises:
+    ValueError: for an unknown model_id, or as SpineNetMBConv raises.
   """
   model_id = str(model_id).upper()
   if model_id not in SCALING_MAP:
     raise ValueError(f"Unknown SpineNet-MBConv model_id {model_id!r}; "
                      f"expected one of {list(SCALING_MAP)}.")
-  args = dict(SCALING_MAP[model_id])
-  args.update(overrides)
-  args.setdefault("name", f"spinenet{model_id.lower()}_mbconv")
-  return SpineNetMBConv(input_shape=input_shape, **args)
+  scaling = dict(SCALING_MAP[model_id])
+  for key, value in (("endpoints_num_filters", endpoints_num_filters),
+                     ("filter_size_scale", filter_size_scale)):
+    if value is not None:
+      scaling[key] = value
+  return SpineNetMBConv(
+      input_shape=input_shape,
+      block_specs=MBCONV_BLOCK_SPECS if block_specs is None else block_specs,
+      min_level=min_level, max_level=max_level, block_filters=block_filters,
+      stem_filters=stem_filters, block_repeats=block_repeats,
+      expand_ratio=expand_ratio, kernel_size=kernel_size, se_ratio=se_ratio,
+      fusion_mode=fusion_mode, fusion_epsilon=fusion_epsilon,
+      downsample_mode=downsample_mode,
+      require_divisible_input=require_divisible_input, activation=activation,
+      use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
+      norm_epsilon=norm_epsilon,
+      init_stochastic_depth_rate=init_stochastic_depth_rate,
+      dropblock_keep_prob=dropblock_keep_prob, dropblock_size=dropblock_size,
+      name=name or f"spinenet{model_id.lower()}_mbconv", **scaling)
 
 
 __all__ = ["BlockSpec", "MBCONV_BLOCK_SPECS", "SpineNetMBConv",

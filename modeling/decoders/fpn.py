@@ -24,6 +24,7 @@ import keras
 
 from modeling.decoders.identity import (check_levels, make_inputs,
                                         parse_input_specs)
+from modeling.decoders.registry import register_decoder
 from modeling.layers import activations
 from modeling.layers.conv_bn import batch_norm, kernel_initializer
 from modeling.layers.resampling import NearestUpsampling
@@ -132,6 +133,7 @@ class FPN(keras.Model):
     return cls(**config)
 
 
+@register_decoder("fpn")
 def fpn(input_specs, min_level=3, max_level=7, num_filters=256,
         use_separable_conv=False, activation="relu", use_sync_bn=False,
         norm_momentum=0.99, norm_epsilon=1e-3):

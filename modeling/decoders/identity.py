@@ -6,6 +6,8 @@ dict it is built for, and the levels it needs from it.
 
 import keras
 
+from modeling.decoders.registry import register_decoder
+
 
 def parse_input_specs(input_specs, decoder):
   """Validates a backbone output spec and returns {int level: shape tuple}.
@@ -84,6 +86,7 @@ def make_inputs(specs):
           for level, shape in specs.items()}
 
 
+@register_decoder("identity")
 def identity(input_specs, min_level=3, max_level=7):
   """Pass-through decoder.
 

@@ -3,9 +3,11 @@
 import keras
 import tensorflow as tf
 
+from modeling.heads.registry import register_head
 from modeling.layers.resampling import nearest_resize
 
 
+@register_head("classification")
 @keras.saving.register_keras_serializable(package="spinenet")
 class ClassificationHead(keras.layers.Layer):
   """Multi-level features -> class logits.

@@ -1,4 +1,4 @@
-"""Fast R-CNN box head of Mask R-CNN (REFERENCE §3, §4).
+"""Fast R-CNN box head of Mask R-CNN (docs/model_garden_conventions.md).
 
 Girshick, "Fast R-CNN" (2015), in the "4conv1fc" form with batch norm that
 the SpineNet Mask R-CNN uses: 3x3 convs on each ROI's pooled features, each
@@ -32,8 +32,9 @@ import keras
 import tensorflow as tf
 
 from modeling.heads import arguments
+from modeling.heads.tower import ConvTower
+from modeling.heads.registry import register_head
 from modeling.layers import activations
-from modeling.layers.conv_bn import batch_norm, kernel_initializer
 from modeling.layers.tracking import tracked_list
 
 
@@ -57,18 +58,7 @@ def roi_feature_dims(layer_name, shape):
   return tuple(int(d) for d in shape[2:])
 
 
-def separable_or_plain_conv3x3(use_separable_conv, filters, name):
-  """3x3 'same' conv (with bias), He-initialised; separable if asked."""
-  if use_separable_conv:
-    return keras.layers.SeparableConv2D(
-        filters, 3, padding="same", depthwise_initializer=kernel_initializer(),
-        pointwise_initializer=kernel_initializer(), bias_initializer="zeros",
-        name=name)
-  return keras.layers.Conv2D(
-      filters, 3, padding="same", kernel_initializer=kernel_initializer(),
-      bias_initializer="zeros", name=name)
-
-
+@register_head("fast_rcnn")
 @keras.saving.register_keras_serializable(package="spinenet")
 class FastRCNNHead(keras.layers.Layer):
   """Class logits and box deltas for each ROI.
@@ -117,21 +107,19 @@ class FastRCNNHead(keras.layers.Layer):
     self.norm_momentum = norm_momentum
     self.norm_epsilon = norm_epsilon
 
-    self.convs = tracked_list(self, "conv", [
-        separable_or_plain_conv3x3(self.use_separable_conv, self.num_filters,
-                                   f"conv_{i}")
-        for i in range(self.num_convs)])
-    self.conv_norms = tracked_list(self, "conv_norm", [
-        batch_norm(norm_momentum, norm_epsilon, use_sync_bn,
-                   name=f"conv_norm_{i}") for i in range(self.num_convs)])
-    self.fcs = tracked_list(self, "fc", [
-        keras.layers.Dense(
-            self.fc_dims, kernel_initializer=kernel_initializer(),
-            bias_initializer="zeros", name=f"fc_{i}")
-        for i in range(self.num_fcs)])
-    self.fc_norms = tracked_list(self, "fc_norm", [
-        batch_norm(norm_momentum, norm_epsilon, use_sync_bn,
-                   name=f"fc_norm_{i}") for i in range(self.num_fcs)])
+    # Two towers (modeling/heads/tower.py), one batch norm per layer: the
+    # convs on each ROI, then the FCs on the flattened ROI features.
+    norm_args = dict(activation=self.activation, use_sync_bn=use_sync_bn,
+                     norm_momentum=norm_momentum, norm_epsilon=norm_epsilon)
+    self._conv_tower = ConvTower(
+        self.num_convs, self.num_filters, "conv", "conv_norm",
+        use_separable_conv=self.use_separable_conv, **norm_args)
+    self._fc_tower = ConvTower(self.num_fcs, self.fc_dims, "fc", "fc_norm",
+                               kind="dense", **norm_args)
+    self.convs = tracked_list(self, "conv", self._conv_tower.layers)
+    self.conv_norms = tracked_list(self, "conv_norm", self._conv_tower.norms)
+    self.fcs = tracked_list(self, "fc", self._fc_tower.layers)
+    self.fc_norms = tracked_list(self, "fc_norm", self._fc_tower.norms)
     self.class_predict = keras.layers.Dense(
         self.num_classes,
         kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
@@ -148,30 +136,20 @@ class FastRCNNHead(keras.layers.Layer):
 
   def build(self, input_shape):
     height, width, channels = roi_feature_dims(self.name, input_shape)
-    for conv, norm in zip(self.convs, self.conv_norms):
-      conv.build((None, height, width, channels))
-      channels = self.num_filters
-      norm.build((None, height, width, channels))
-    features = height * width * channels
-    for fc, norm in zip(self.fcs, self.fc_norms):
-      fc.build((None, features))
-      features = self.fc_dims
-      norm.build((None, features))
-    self.class_predict.build((None, features))
-    self.box_predict.build((None, features))
+    channels = self._conv_tower.build((None, height, width, channels))[-1]
+    shape = self._fc_tower.build((None, height * width * channels))
+    self.class_predict.build(shape)
+    self.box_predict.build(shape)
 
   def call(self, roi_features, training=None):
     height, width, channels = roi_feature_dims(self.name, roi_features.shape)
     dynamic = tf.shape(roi_features)
     batch = roi_features.shape[0] or dynamic[0]
     num_rois = roi_features.shape[1] or dynamic[1]
-    act = activations.get_activation(self.activation)
     x = tf.reshape(roi_features, [-1, height, width, channels])
-    for conv, norm in zip(self.convs, self.conv_norms):
-      x = act(norm(conv(x), training=training))
+    x = self._conv_tower(x, training=training)
     x = tf.reshape(x, [-1, height * width * x.shape[-1]])
-    for fc, norm in zip(self.fcs, self.fc_norms):
-      x = act(norm(fc(x), training=training))
+    x = self._fc_tower(x, training=training)
     class_logits = tf.cast(self.class_predict(x), tf.float32)
     box_deltas = tf.cast(self.box_predict(x), tf.float32)
     return (tf.reshape(class_logits, [batch, num_rois, self.num_classes]),

@@ -1,4 +1,4 @@
-"""Mask head of Mask R-CNN (REFERENCE §3, §4).
+"""Mask head of Mask R-CNN (docs/model_garden_conventions.md).
 
 He et al., "Mask R-CNN" (2017), in the batch-norm form that the SpineNet
 Mask R-CNN uses: 3x3 convs on each ROI's pooled features (each followed by
@@ -31,13 +31,15 @@ import keras
 import tensorflow as tf
 
 from modeling.heads import arguments
-from modeling.heads.fast_rcnn import (roi_feature_dims,
-                                       separable_or_plain_conv3x3)
+from modeling.heads.fast_rcnn import roi_feature_dims
+from modeling.heads.tower import ConvTower
+from modeling.heads.registry import register_head
 from modeling.layers import activations
 from modeling.layers.conv_bn import batch_norm, kernel_initializer
 from modeling.layers.tracking import tracked_list
 
 
+@register_head("mask")
 @keras.saving.register_keras_serializable(package="spinenet")
 class MaskHead(keras.layers.Layer):
   """Per-ROI mask logits.
@@ -85,13 +87,14 @@ class MaskHead(keras.layers.Layer):
     self.norm_momentum = norm_momentum
     self.norm_epsilon = norm_epsilon
 
-    self.convs = tracked_list(self, "conv", [
-        separable_or_plain_conv3x3(self.use_separable_conv, self.num_filters,
-                                   f"conv_{i}")
-        for i in range(self.num_convs)])
-    self.conv_norms = tracked_list(self, "conv_norm", [
-        batch_norm(norm_momentum, norm_epsilon, use_sync_bn,
-                   name=f"conv_norm_{i}") for i in range(self.num_convs)])
+    # The convs on each ROI (modeling/heads/tower.py), one batch norm each.
+    self._tower = ConvTower(
+        self.num_convs, self.num_filters, "conv", "conv_norm",
+        use_separable_conv=self.use_separable_conv,
+        activation=self.activation, use_sync_bn=use_sync_bn,
+        norm_momentum=norm_momentum, norm_epsilon=norm_epsilon)
+    self.convs = tracked_list(self, "conv", self._tower.layers)
+    self.conv_norms = tracked_list(self, "conv_norm", self._tower.norms)
     self.upsample = keras.layers.Conv2DTranspose(
         self.num_filters, self.upsample_factor,
         strides=self.upsample_factor, padding="valid",
@@ -124,11 +127,7 @@ class MaskHead(keras.layers.Layer):
 
   def build(self, input_shape):
     height, width, channels = roi_feature_dims(self.name, input_shape)
-    for conv, norm in zip(self.convs, self.conv_norms):
-      conv.build((None, height, width, channels))
-      channels = self.num_filters
-      norm.build((None, height, width, channels))
-    self.upsample.build((None, height, width, channels))
+    self.upsample.build(self._tower.build((None, height, width, channels)))
     size = (height * self.upsample_factor, width * self.upsample_factor)
     self.upsample_norm.build((None,) + size + (self.num_filters,))
     self.mask_predict.build((None,) + size + (self.num_filters,))
@@ -140,8 +139,7 @@ class MaskHead(keras.layers.Layer):
     num_rois = roi_features.shape[1] or dynamic[1]
     act = activations.get_activation(self.activation)
     x = tf.reshape(roi_features, [-1, height, width, channels])
-    for conv, norm in zip(self.convs, self.conv_norms):
-      x = act(norm(conv(x), training=training))
+    x = self._tower(x, training=training)
     x = act(self.upsample_norm(self.upsample(x), training=training))
     logits = tf.cast(self.mask_predict(x), tf.float32)
     size = height * self.upsample_factor, width * self.upsample_factor

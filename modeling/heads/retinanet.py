@@ -1,4 +1,4 @@
-"""RetinaNet head: class and box subnets shared across levels (REFERENCE §4).
+"""RetinaNet head: class and box subnets shared across levels (RetinaNet §4.1).
 
 Lin et al., "Focal Loss for Dense Object Detection" (2017), with the
 SpineNet/Model Garden variant of batch norm: the conv weights of each subnet
@@ -20,8 +20,9 @@ import keras
 import tensorflow as tf
 
 from modeling.heads import arguments
+from modeling.heads.tower import ConvTower, conv3x3
+from modeling.heads.registry import register_head
 from modeling.layers import activations
-from modeling.layers.conv_bn import batch_norm
 from modeling.layers.tracking import tracked_list
 
 _PRIOR_PROBABILITY = 0.01
@@ -32,6 +33,7 @@ def class_prior_bias(prior=_PRIOR_PROBABILITY):
   return -math.log((1.0 - prior) / prior)
 
 
+@register_head("retinanet")
 @keras.saving.register_keras_serializable(package="spinenet")
 class RetinaNetHead(keras.layers.Layer):
   """Dense class and box predictions for every anchor of every level.
@@ -81,49 +83,36 @@ class RetinaNetHead(keras.layers.Layer):
     self.norm_momentum = norm_momentum
     self.norm_epsilon = norm_epsilon
 
-    self.cls_convs = tracked_list(self, "cls_conv", [
-        self._conv(num_filters, f"cls_conv_{i}")
-        for i in range(self.num_convs)])
-    self.box_convs = tracked_list(self, "box_conv", [
-        self._conv(num_filters, f"box_conv_{i}")
-        for i in range(self.num_convs)])
-    # One batch norm per (level, conv), level major; see _norm().
-    self.cls_norms = tracked_list(self, "cls_norm", [
-        batch_norm(norm_momentum, norm_epsilon, use_sync_bn,
-                   name=f"cls_norm_{level}_{i}")
-        for level in self.levels for i in range(self.num_convs)])
-    self.box_norms = tracked_list(self, "box_norm", [
-        batch_norm(norm_momentum, norm_epsilon, use_sync_bn,
-                   name=f"box_norm_{level}_{i}")
-        for level in self.levels for i in range(self.num_convs)])
+    # The subnets' towers: convs shared by the levels, one batch norm per
+    # (level, conv), level major (modeling/heads/tower.py).
+    self._cls_tower, self._box_tower = (
+        ConvTower(self.num_convs, self.num_filters, f"{subnet}_conv",
+                  f"{subnet}_norm", use_separable_conv=self.use_separable_conv,
+                  stddev=0.01, levels=self.levels, activation=self.activation,
+                  use_sync_bn=use_sync_bn, norm_momentum=norm_momentum,
+                  norm_epsilon=norm_epsilon)
+        for subnet in ("cls", "box"))
+    # Tracked in this order (both towers' convs, then their norms): the
+    # order of the head's weights, and so of optimizer slots, stays that of
+    # checkpoints written before the tower existed.
+    self.cls_convs = tracked_list(self, "cls_conv", self._cls_tower.layers)
+    self.box_convs = tracked_list(self, "box_conv", self._box_tower.layers)
+    self.cls_norms = tracked_list(self, "cls_norm", self._cls_tower.norms)
+    self.box_norms = tracked_list(self, "box_norm", self._box_tower.norms)
     anchors = self.num_anchors_per_location
-    self.cls_predict = self._conv(
-        anchors * self.num_classes, "cls_predict", predict=True,
-        bias=class_prior_bias())
-    self.box_predict = self._conv(anchors * 4, "box_predict", predict=True,
-                                  bias=0.0)
+    self.cls_predict = self._predict_conv(
+        anchors * self.num_classes, "cls_predict", bias=class_prior_bias())
+    self.box_predict = self._predict_conv(anchors * 4, "box_predict",
+                                          bias=0.0)
 
   @property
   def levels(self):
     """str levels min_level..max_level."""
     return [str(l) for l in range(self.min_level, self.max_level + 1)]
 
-  def _conv(self, filters, name, predict=False, bias=0.0):
-    std = 1e-5 if predict else 0.01
-    bias_initializer = keras.initializers.Constant(bias)
-    if self.use_separable_conv:
-      return keras.layers.SeparableConv2D(
-          filters, 3, padding="same",
-          depthwise_initializer=keras.initializers.RandomNormal(stddev=0.01),
-          pointwise_initializer=keras.initializers.RandomNormal(stddev=std),
-          bias_initializer=bias_initializer, name=name)
-    return keras.layers.Conv2D(
-        filters, 3, padding="same",
-        kernel_initializer=keras.initializers.RandomNormal(stddev=std),
-        bias_initializer=bias_initializer, name=name)
-
-  def _norm(self, norms, level, i):
-    return norms[(int(level) - self.min_level) * self.num_convs + i]
+  def _predict_conv(self, filters, name, bias):
+    return conv3x3(filters, name, self.use_separable_conv, stddev=1e-5,
+                   bias=bias)
 
   def _check_inputs(self, shapes):
     if not isinstance(shapes, dict):
@@ -144,32 +133,18 @@ class RetinaNetHead(keras.layers.Layer):
 
   def build(self, input_shape):
     width = self._check_inputs(input_shape)
-    for convs, norms in ((self.cls_convs, self.cls_norms),
-                         (self.box_convs, self.box_norms)):
-      channels = width
-      for conv in convs:
-        conv.build((None, None, None, channels))
-        channels = self.num_filters
-      for norm in norms:
-        norm.build((None, None, None, self.num_filters))
-    channels = self.num_filters if self.num_convs else width
-    self.cls_predict.build((None, None, None, channels))
-    self.box_predict.build((None, None, None, channels))
-
-  def _subnet(self, x, convs, norms, level, training):
-    act = activations.get_activation(self.activation)
-    for i, conv in enumerate(convs):
-      x = self._norm(norms, level, i)(conv(x), training=training)
-      x = act(x)
-    return x
+    shape = self._cls_tower.build((None, None, None, width))
+    self._box_tower.build((None, None, None, width))
+    self.cls_predict.build(shape)
+    self.box_predict.build(shape)
 
   def call(self, features, training=None):
     self._check_inputs({k: v.shape for k, v in features.items()})
     cls_outputs, box_outputs = {}, {}
     for level in self.levels:
       x = features[level]
-      cls = self._subnet(x, self.cls_convs, self.cls_norms, level, training)
-      box = self._subnet(x, self.box_convs, self.box_norms, level, training)
+      cls = self._cls_tower(x, training=training, level=level)
+      box = self._box_tower(x, training=training, level=level)
       cls_outputs[level] = tf.cast(self.cls_predict(cls), tf.float32)
       box_outputs[level] = tf.cast(self.box_predict(box), tf.float32)
     return cls_outputs, box_outputs

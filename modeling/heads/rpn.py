@@ -1,4 +1,4 @@
-"""Region Proposal Network head of Mask R-CNN (REFERENCE §3, §4).
+"""Region Proposal Network head of Mask R-CNN (Faster R-CNN §3.1).
 
 Ren et al., "Faster R-CNN" (2015), in the SpineNet/Model Garden form with
 batch norm: a stack of 3x3 convs whose weights every level shares, each
@@ -25,11 +25,13 @@ import keras
 import tensorflow as tf
 
 from modeling.heads import arguments
+from modeling.heads.tower import ConvTower
+from modeling.heads.registry import register_head
 from modeling.layers import activations
-from modeling.layers.conv_bn import batch_norm
 from modeling.layers.tracking import tracked_list
 
 
+@register_head("rpn")
 @keras.saving.register_keras_serializable(package="spinenet")
 class RPNHead(keras.layers.Layer):
   """Objectness and box predictions for every anchor of every level.
@@ -77,13 +79,16 @@ class RPNHead(keras.layers.Layer):
     self.norm_momentum = norm_momentum
     self.norm_epsilon = norm_epsilon
 
-    self.convs = tracked_list(self, "conv", [
-        self._conv3x3(f"conv_{i}") for i in range(self.num_convs)])
-    # One batch norm per (level, conv), level major; see _norm().
-    self.norms = tracked_list(self, "norm", [
-        batch_norm(norm_momentum, norm_epsilon, use_sync_bn,
-                   name=f"norm_{level}_{i}")
-        for level in self.levels for i in range(self.num_convs)])
+    # Convs shared by the levels, one batch norm per (level, conv), level
+    # major (modeling/heads/tower.py).
+    self._tower = ConvTower(
+        self.num_convs, self.num_filters, "conv", "norm",
+        use_separable_conv=self.use_separable_conv, stddev=0.01,
+        depthwise_stddev=0.01, levels=self.levels,
+        activation=self.activation, use_sync_bn=use_sync_bn,
+        norm_momentum=norm_momentum, norm_epsilon=norm_epsilon)
+    self.convs = tracked_list(self, "conv", self._tower.layers)
+    self.norms = tracked_list(self, "norm", self._tower.norms)
     anchors = self.num_anchors_per_location
     self.score_predict = self._conv1x1(anchors, "score_predict")
     self.box_predict = self._conv1x1(4 * anchors, "box_predict")
@@ -93,26 +98,11 @@ class RPNHead(keras.layers.Layer):
     """str levels min_level..max_level."""
     return [str(l) for l in range(self.min_level, self.max_level + 1)]
 
-  def _conv3x3(self, name):
-    if self.use_separable_conv:
-      return keras.layers.SeparableConv2D(
-          self.num_filters, 3, padding="same",
-          depthwise_initializer=keras.initializers.RandomNormal(stddev=0.01),
-          pointwise_initializer=keras.initializers.RandomNormal(stddev=0.01),
-          bias_initializer="zeros", name=name)
-    return keras.layers.Conv2D(
-        self.num_filters, 3, padding="same",
-        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-        bias_initializer="zeros", name=name)
-
   def _conv1x1(self, filters, name):
     return keras.layers.Conv2D(
         filters, 1, kernel_initializer=keras.initializers.RandomNormal(
             stddev=1e-5),
         bias_initializer="zeros", name=name)
-
-  def _norm(self, level, i):
-    return self.norms[(int(level) - self.min_level) * self.num_convs + i]
 
   def _check_inputs(self, shapes):
     if not isinstance(shapes, dict):
@@ -138,22 +128,15 @@ class RPNHead(keras.layers.Layer):
 
   def build(self, input_shape):
     channels = self._check_inputs(input_shape)
-    for conv in self.convs:
-      conv.build((None, None, None, channels))
-      channels = self.num_filters
-    for norm in self.norms:
-      norm.build((None, None, None, self.num_filters))
-    self.score_predict.build((None, None, None, channels))
-    self.box_predict.build((None, None, None, channels))
+    shape = self._tower.build((None, None, None, channels))
+    self.score_predict.build(shape)
+    self.box_predict.build(shape)
 
   def call(self, features, training=None):
     self._check_inputs({k: v.shape for k, v in features.items()})
-    act = activations.get_activation(self.activation)
     scores, boxes = {}, {}
     for level in self.levels:
-      x = features[level]
-      for i, conv in enumerate(self.convs):
-        x = act(self._norm(level, i)(conv(x), training=training))
+      x = self._tower(features[level], training=training, level=level)
       scores[level] = tf.cast(self.score_predict(x), tf.float32)
       boxes[level] = tf.cast(self.box_predict(x), tf.float32)
     return scores, boxes

@@ -20,8 +20,9 @@ import keras
 import tensorflow as tf
 
 from modeling.heads import arguments
+from modeling.heads.tower import ConvTower
+from modeling.heads.registry import register_head
 from modeling.layers import activations
-from modeling.layers.conv_bn import batch_norm, kernel_initializer
 from modeling.layers.resampling import nearest_resize
 from modeling.layers.tracking import tracked_list
 
@@ -51,6 +52,7 @@ def average_levels(features, levels):
   return tf.add_n(maps) / tf.cast(len(maps), maps[0].dtype)
 
 
+@register_head("segmentation")
 @keras.saving.register_keras_serializable(package="spinenet")
 class SegmentationHead(keras.layers.Layer):
   """Per-pixel class logits at output stride 2^min_level.
@@ -95,11 +97,14 @@ class SegmentationHead(keras.layers.Layer):
     self.norm_momentum = norm_momentum
     self.norm_epsilon = norm_epsilon
 
-    self.convs = tracked_list(self, "conv", [
-        self._conv(f"conv_{i}") for i in range(self.num_convs)])
-    self.norms = tracked_list(self, "norm", [
-        batch_norm(norm_momentum, norm_epsilon, use_sync_bn, name=f"norm_{i}")
-        for i in range(self.num_convs)])
+    # One batch norm per conv: the levels are averaged before the convs.
+    self._tower = ConvTower(
+        self.num_convs, self.num_filters, "conv", "norm",
+        use_separable_conv=self.use_separable_conv, use_bias=False,
+        activation=self.activation, use_sync_bn=use_sync_bn,
+        norm_momentum=norm_momentum, norm_epsilon=norm_epsilon)
+    self.convs = tracked_list(self, "conv", self._tower.layers)
+    self.norms = tracked_list(self, "norm", self._tower.norms)
     self.classifier = keras.layers.Conv2D(
         self.num_classes, 1, padding="same",
         kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
@@ -109,16 +114,6 @@ class SegmentationHead(keras.layers.Layer):
   def levels(self):
     """str levels min_level..max_level."""
     return [str(l) for l in range(self.min_level, self.max_level + 1)]
-
-  def _conv(self, name):
-    if self.use_separable_conv:
-      return keras.layers.SeparableConv2D(
-          self.num_filters, 3, padding="same", use_bias=False,
-          depthwise_initializer=kernel_initializer(),
-          pointwise_initializer=kernel_initializer(), name=name)
-    return keras.layers.Conv2D(
-        self.num_filters, 3, padding="same", use_bias=False,
-        kernel_initializer=kernel_initializer(), name=name)
 
   def _check_inputs(self, shapes):
     """Checks the level dict; returns the shared width C."""
@@ -140,18 +135,11 @@ class SegmentationHead(keras.layers.Layer):
 
   def build(self, input_shape):
     channels = self._check_inputs(input_shape)
-    for conv, norm in zip(self.convs, self.norms):
-      conv.build((None, None, None, channels))
-      norm.build((None, None, None, self.num_filters))
-      channels = self.num_filters
-    self.classifier.build((None, None, None, channels))
+    self.classifier.build(self._tower.build((None, None, None, channels)))
 
   def call(self, features, training=None):
     self._check_inputs({k: v.shape for k, v in features.items()})
-    x = average_levels(features, self.levels)
-    act = activations.get_activation(self.activation)
-    for conv, norm in zip(self.convs, self.norms):
-      x = act(norm(conv(x), training=training))
+    x = self._tower(average_levels(features, self.levels), training=training)
     return tf.cast(self.classifier(x), tf.float32)
 
   def compute_output_shape(self, input_shape):

@@ -1,7 +1,8 @@
 """Mask R-CNN: backbone -> decoder -> RPN -> proposals -> box and mask heads.
 
 He et al., "Mask R-CNN" (2017), in the form the SpineNet Mask R-CNN results
-were obtained with (REFERENCE §4: levels 3..7, heads with batch norm).
+were obtained with: levels 3..7, heads with batch norm
+(docs/model_garden_conventions.md).
 Training and inference take different paths through the second stage, so
 the model is a keras.Model subclass rather than one functional graph:
 
@@ -40,8 +41,8 @@ Choices written down here as the project rule:
 - Level ranges are checked when the model is constructed: the RPN head's
   levels and the ROI Align levels must be produced by the decoder (or the
   backbone when there is none); a mismatch is a ValueError naming both
-  ranges (REFERENCE §8: a two-stage model defaulting to levels 2..6 on a
-  backbone producing 3..7 must not fail with a bare KeyError).
+  ranges (Model Garden's Mask R-CNN defaults to levels 2..6; on a SpineNet
+  backbone producing 3..7 that must not end in a bare KeyError).
 - Every output is float32 under mixed precision (the heads cast their
   predictions; targets, boxes and masks are computed in float32). The
   model does not autocast its inputs, so ground-truth boxes and masks keep

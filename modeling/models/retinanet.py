@@ -1,7 +1,7 @@
 """RetinaNet: backbone -> decoder -> RetinaNetHead, and its detector wrapper.
 
 build_retinanet gives the trainable model (raw head outputs, used with
-modeling.models.retinanet_losses); RetinaNetDetector adds anchors and
+modeling.losses.retinanet); RetinaNetDetector adds anchors and
 post-processing (used at evaluation and export).
 """
 

@@ -9,6 +9,21 @@ centres of the output cells (ROI bins or image pixels), so a target computed
 for an ROI equal to the box reproduces the mask, and pasting a mask back
 reproduces it on the pixels of its box.
 
+Pasting rule (one implementation for serving and evaluation). Image pixel
+(r, c) covers [r, r + 1) x [c, c + 1) in continuous coordinates and is
+read at its centre (r + 0.5, c + 0.5); a box (ymin, xmin, ymax, xmax) covers
+[ymin, ymax) x [xmin, xmax), so a pixel belongs to the box when its centre
+does, and two boxes sharing an edge never both claim a pixel. The pasted
+value is the mask's value at the pixel centre, binarised at MASK_THRESHOLD
+= 0.5 (He et al., "Mask R-CNN", 2017, Sec. 3.1, Inference: the m x m mask
+is resized to the RoI size and binarised at 0.5; pixel centres at
+i + 0.5 with continuous box edges as Detectron2 pastes). `paste_masks` (the
+served masks, in the graph) and `paste_mask_window` (the evaluated masks,
+on the host, official/evaluation/coco_evaluator.py) compute it with the
+same float32 operations in the same order (`_axis_sampling` and
+`_bilinear`), so served and evaluated masks are the same pixels
+(tests/official/test_mask_pasting.py).
+
 The reads are written as two interpolation matrices, out = R M C^T, each
 row of R (C) holding the two bilinear weights of one output row (column):
 pure matmuls with static shapes. tf.image.crop_and_resize would give the
@@ -18,6 +33,11 @@ XLA_CPU_JIT), and its extrapolation value cannot express the edge rule.
 
 import numpy as np
 import tensorflow as tf
+
+
+# A pasted mask probability at or above this is foreground (Mask R-CNN,
+# Sec. 3.1).
+MASK_THRESHOLD = 0.5
 
 
 def _interpolation_matrix(points, start, length, cells):
@@ -95,59 +115,162 @@ def mask_targets(rois, matched_gt_boxes, matched_gt_masks, output_size=28):
   return tf.cast(values >= 0.5, tf.float32)
 
 
+class _NumpyOps:
+  """The array operations _axis_sampling needs, on numpy arrays."""
+  where = staticmethod(np.where)
+  clip = staticmethod(np.clip)
+  floor = staticmethod(np.floor)
+  minimum = staticmethod(np.minimum)
+  ones_like = staticmethod(np.ones_like)
+  cast = staticmethod(lambda x, dtype: x.astype(dtype))
+
+
+class _TensorOps:
+  """The same operations on TF tensors (graph and XLA compatible)."""
+  where = staticmethod(tf.where)
+  clip = staticmethod(tf.clip_by_value)
+  floor = staticmethod(tf.floor)
+  minimum = staticmethod(tf.minimum)
+  ones_like = staticmethod(tf.ones_like)
+  cast = staticmethod(tf.cast)
+
+
+def _axis_sampling(xp, centres, start, end, cells):
+  """Where pixel centres read a mask along one axis; numpy or TF, float32.
+
+  The one place of the pasting rule (module docstring). Written against an
+  operation namespace so that the host (numpy) and graph (TF) versions run
+  the same float32 operations in the same order.
+
+  Args:
+    xp: _NumpyOps or _TensorOps.
+    centres: float32 [..., P] pixel centres (pixel index + 0.5).
+    start, end: float32 [..., 1] the box edges along this axis, pixels.
+    cells: int, mask cells along this axis.
+  Returns:
+    (low, high, fraction, inside): int32 [..., P] the two cells read,
+    float32 [..., P] the weight of `high`, float32 [..., P] 1 for centres in
+    [start, end) of a non-empty box, else 0.
+  """
+  length = end - start
+  inside = (centres >= start) & (centres < end) & (length > 0.0)
+  safe_length = xp.where(length > 0.0, length, xp.ones_like(length))
+  position = (centres - start) / safe_length * np.float32(cells) - np.float32(
+      0.5)
+  position = xp.clip(position, np.float32(0.0), np.float32(cells - 1))
+  low = xp.floor(position)
+  fraction = position - low
+  low = xp.cast(low, np.int32)
+  high = xp.minimum(low + 1, np.int32(cells - 1))
+  return low, high, fraction, xp.cast(inside, np.float32)
+
+
+def _bilinear(rows_low, rows_high, fy, fx_take, fx):
+  """(1 - fy) * rows_low + fy * rows_high, then the same along columns.
+
+  rows_low/high: [..., H, m_w] mask rows read at each pixel row; fy
+  [..., H, 1]; fx_take(rows) -> (columns low, columns high) [..., H, W];
+  fx [..., 1, W]. Shared by the numpy and TF pastes (module docstring).
+  """
+  rows = (1.0 - fy) * rows_low + fy * rows_high
+  low, high = fx_take(rows)
+  return (1.0 - fx) * low + fx * high
+
+
 def paste_masks(masks, boxes, image_size):
-  """Pastes box-relative masks into full-image masks.
+  """Pastes box-relative masks into full-image masks (the served masks).
+
+  The pasting rule of the module docstring: pixel (r, c) reads the mask at
+  its centre (r + 0.5, c + 0.5) when that centre is in [ymin, ymax) x
+  [xmin, xmax); threshold the result at MASK_THRESHOLD for binary masks.
 
   Args:
     masks: float [B, N, m_h, m_w] probabilities over each box (e.g. the
       28 x 28 mask head output of the detection's class, after sigmoid).
     boxes: float [B, N, 4] (ymin, xmin, ymax, xmax) pixels of the image.
-    image_size: static (height, width) of the output in pixels.
+    image_size: (height, width) of the output in pixels: ints, or int32
+      scalar tensors (the sizes of a served batch).
   Returns:
-    float32 [B, N, height, width] probabilities; pixel (r, c) reads the mask
-    at its centre (r + 0.5, c + 0.5); 0 for pixels whose centre is outside
-    the box.
+    float32 [B, N, height, width] probabilities; 0 for pixels whose centre
+    is outside the box.
+  Raises:
+    ValueError: for static sizes < 1, or masks without static m_h, m_w.
   """
-  height, width = (int(s) for s in image_size)
-  if height < 1 or width < 1:
-    raise ValueError(f"image_size must be two positive ints, got "
-                     f"{image_size}.")
+  height, width = image_size
+  for name, size in (("height", height), ("width", width)):
+    if isinstance(size, (int, np.integer)) and size < 1:
+      raise ValueError(f"paste_masks: image_size must be positive, got "
+                       f"{name} {size} in {image_size}.")
   masks = tf.cast(masks, tf.float32)
   rows, cols = _static_cells(masks, "masks")
   boxes = tf.cast(boxes, tf.float32)
-  leading = tf.shape(boxes)[:-1]
-  ys = tf.broadcast_to(tf.range(height, dtype=tf.float32) + 0.5,
-                       tf.concat([leading, [height]], 0))
-  xs = tf.broadcast_to(tf.range(width, dtype=tf.float32) + 0.5,
-                       tf.concat([leading, [width]], 0))
-  row_weights = _interpolation_matrix(ys, boxes[..., 0],
-                                      boxes[..., 2] - boxes[..., 0], rows)
-  col_weights = _interpolation_matrix(xs, boxes[..., 1],
-                                      boxes[..., 3] - boxes[..., 1], cols)
-  return tf.matmul(tf.matmul(row_weights, masks), col_weights,
-                   transpose_b=True)
+  ys = tf.range(height, dtype=tf.float32) + 0.5
+  xs = tf.range(width, dtype=tf.float32) + 0.5
+  low_y, high_y, fy, in_y = _axis_sampling(
+      _TensorOps, ys, boxes[..., 0:1], boxes[..., 2:3], rows)     # [B, N, H]
+  low_x, high_x, fx, in_x = _axis_sampling(
+      _TensorOps, xs, boxes[..., 1:2], boxes[..., 3:4], cols)     # [B, N, W]
+
+  def take_columns(values):                                 # [B, N, H, m_w]
+    take = lambda index: tf.gather(values, index, axis=3, batch_dims=2)
+    return take(low_x), take(high_x)
+
+  values = _bilinear(
+      tf.gather(masks, low_y, axis=2, batch_dims=2),
+      tf.gather(masks, high_y, axis=2, batch_dims=2), fy[..., None],
+      take_columns, fx[..., None, :])
+  return values * in_y[..., :, None] * in_x[..., None, :]
 
 
-def _numpy_weights(points, start, length, cells):
-  """numpy twin of _interpolation_matrix for one box: [P, cells]."""
-  weights = np.zeros((points.shape[0], cells), np.float32)
-  if length <= 0:
-    return weights
-  inside = (points >= start) & (points <= start + length)
-  index = np.clip((points - start) / length * cells - 0.5, 0.0, cells - 1)
-  lower = np.floor(index).astype(np.int64)
-  upper = np.minimum(lower + 1, cells - 1)
-  fraction = (index - lower).astype(np.float32)
-  rows = np.arange(points.shape[0])
-  np.add.at(weights, (rows, lower), (1.0 - fraction) * inside)
-  np.add.at(weights, (rows, upper), fraction * inside)
-  return weights
+def _window(start, end, length):
+  """Pixels [first, last) that can have their centre in [start, end)."""
+  first = min(max(int(np.floor(start)) - 1, 0), length)
+  last = max(min(int(np.ceil(end)) + 1, length), first)
+  return first, last
+
+
+def paste_mask_window(mask, box, height, width):
+  """Host-side paste of one mask into the part of the image its box covers.
+
+  The same pixels and float32 values as paste_masks (module docstring),
+  computed only on a window around the box, so the memory is that of the
+  box, not of the image (the COCO evaluator pastes every detection).
+
+  Args:
+    mask: [m_h, m_w] probabilities over the box.
+    box: 4 numbers (ymin, xmin, ymax, xmax), pixels of the image; it may
+      extend beyond the image; non-finite or empty boxes paste nothing.
+    height, width: ints, the image size in pixels.
+  Returns:
+    (top, left, values): the window's first pixel row and column and
+    float32 [rows, columns] probabilities of the pixels from there (0
+    outside the box; rows or columns may be 0).
+  Raises:
+    ValueError: for a mask that is not 2-D.
+  """
+  mask = np.asarray(mask, np.float32)
+  if mask.ndim != 2:
+    raise ValueError(f"paste_mask_window: mask must be [rows, columns], got "
+                     f"shape {mask.shape}.")
+  box = np.asarray(box, np.float32).reshape(4)
+  if not np.all(np.isfinite(box)):  # A diverged model's NaN box.
+    return 0, 0, np.zeros([0, 0], np.float32)
+  top, bottom = _window(box[0], box[2], int(height))
+  left, right = _window(box[1], box[3], int(width))
+  ys = np.arange(top, bottom, dtype=np.float32) + np.float32(0.5)
+  xs = np.arange(left, right, dtype=np.float32) + np.float32(0.5)
+  low_y, high_y, fy, in_y = _axis_sampling(_NumpyOps, ys, box[0:1], box[2:3],
+                                           mask.shape[0])
+  low_x, high_x, fx, in_x = _axis_sampling(_NumpyOps, xs, box[1:2], box[3:4],
+                                           mask.shape[1])
+  values = _bilinear(mask[low_y], mask[high_y], fy[:, None],
+                     lambda rows: (rows[:, low_x], rows[:, high_x]),
+                     fx[None, :])
+  return top, left, values * in_y[:, None] * in_x[None, :]
 
 
 def paste_mask_numpy(mask, box, height, width):
-  """Host-side paste of one mask (same values as paste_masks).
-
-  For evaluation, where the image size varies from image to image.
+  """Host-side paste of one mask into a full image (same values as paste_masks).
 
   Args:
     mask: numpy [m_h, m_w] probabilities over the box.
@@ -155,14 +278,10 @@ def paste_mask_numpy(mask, box, height, width):
     height, width: the image size in pixels.
   Returns:
     numpy float32 [height, width] probabilities, 0 outside the box.
+  Raises:
+    ValueError: for a mask that is not 2-D.
   """
-  mask = np.asarray(mask, np.float32)
-  if mask.ndim != 2:
-    raise ValueError(f"paste_mask_numpy: mask must be [rows, columns], got "
-                     f"shape {mask.shape}.")
-  ymin, xmin, ymax, xmax = (float(v) for v in box)
-  row_weights = _numpy_weights(np.arange(height, dtype=np.float32) + 0.5,
-                               ymin, ymax - ymin, mask.shape[0])
-  col_weights = _numpy_weights(np.arange(width, dtype=np.float32) + 0.5,
-                               xmin, xmax - xmin, mask.shape[1])
-  return row_weights @ mask @ col_weights.T
+  top, left, values = paste_mask_window(mask, box, height, width)
+  pasted = np.zeros([int(height), int(width)], np.float32)
+  pasted[top:top + values.shape[0], left:left + values.shape[1]] = values
+  return pasted

@@ -1,4 +1,4 @@
-"""Second-stage ROI sampling for Mask R-CNN training (REFERENCE §4).
+"""Second-stage ROI sampling for Mask R-CNN training (Fast R-CNN §2.3).
 
 Rules, per image (Fast R-CNN / Detectron2 / Model Garden):
 - Candidates are the proposals, followed by the ground-truth boxes when

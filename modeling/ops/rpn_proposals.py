@@ -1,4 +1,4 @@
-"""Region proposals from RPN outputs (Mask R-CNN first stage; REFERENCE §4).
+"""Region proposals from RPN outputs (Mask R-CNN stage 1; Faster R-CNN §3.3).
 
 Steps, per image and with static shapes throughout:
 1. per level: the pre_nms_top_k anchors with the highest objectness logit;

@@ -1,4 +1,7 @@
-"""Anchor labelling for RetinaNet and the Mask R-CNN RPN (REFERENCE §4).
+"""Anchor labelling for RetinaNet and the Mask R-CNN RPN.
+
+Thresholds and sampling: docs/model_garden_conventions.md ("Anchors,
+targets and losses").
 
 Rules, for one image:
 - A ground truth takes part only if it is valid: `valid` is True, its box has
@@ -154,7 +157,7 @@ class AnchorLabeler:
         box_targets: dict str(level) -> float32 [H_l, W_l, A * 4];
         num_positives: float32 scalar.
       Batched by tf.data, this is the `labels` format of
-      modeling.models.retinanet_losses.retinanet_losses.
+      modeling.losses.retinanet.retinanet_losses.
     """
     out = self(anchors.boxes(), gt_boxes, gt_classes, valid)
     return {
@@ -167,7 +170,7 @@ class AnchorLabeler:
 class RpnAnchorLabeler:
   """Class-agnostic anchor targets of a region proposal network (Mask R-CNN).
 
-  Matching follows `AnchorLabeler` with the RPN thresholds of REFERENCE §4:
+  Matching follows `AnchorLabeler` with Faster R-CNN's RPN thresholds (§3.1.2):
   IoU >= match_threshold (0.7) positive, < unmatched_threshold (0.3)
   negative, in between ignored, and each valid ground truth force-matched
   to its best anchor(s). Then a minibatch of `batch_size_per_image` anchors

@@ -14,7 +14,7 @@ Why a compact custom loop rather than `model.fit`:
   paces the accelerator; loops end exactly on checkpoint and evaluation
   boundaries.
 - XLA is asked for explicitly: Keras 3's `jit_compile="auto"` turns XLA off
-  whenever a distribution strategy is set (DESIGN.md, Known Keras 3 facts).
+  whenever a distribution strategy is set (docs/keras3_notes.md).
 
 Per replica and step:
     outputs = model(features, training=True)
@@ -41,47 +41,51 @@ fails before the first step, naming the variables
 
 Files in model_dir: config.gin (at start), operative_config.gin (after the
 model is built and at the end), ckpt-<step>.* and `checkpoint`, train/ and
-eval/ TensorBoard event files, eval_metrics.json ({"step": N, metric: value}),
+eval/ TensorBoard event files, eval_metrics.json ({"step": N, metric: value};
+the final evaluation adds "expected_result", the verdict on the experiment's
+declared result),
 init_checkpoint.json (fine-tuning: what was and was not restored).
+
+Where each concern lives: the train loop in official/core/train_loop.py,
+padded evaluation, multi-worker gathering and the expected-result check in
+official/core/evaluation_loop.py, fine-tuning reports in
+official/core/fine_tuning.py, training errors and corrupt-record diagnosis
+in official/core/diagnostics.py; this module builds the model and runs the
+experiment.
 """
 
 import math
-import time
 import uuid
 
 import gin
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 from tensorflow.core.framework import summary_pb2
 
-from dataloaders import readers
 from official.core import checkpointing
 from official.core import distribute
+from official.core import evaluation_loop
+from official.core import expectations
+from official.core import fine_tuning
 from official.core import gin_config
 from official.core import optimization
 from official.core import precision as precision_lib
 from official.core import schedules
+from official.core import train_loop
+
+# Names callers and gin files know from this module.
+# pylint: disable=unused-import
+from official.core.diagnostics import CorruptRecordError
+from official.core.diagnostics import NonFiniteLossError
+from official.core.fine_tuning import INIT_REPORT_FILE
+from official.core.fine_tuning import required_init_checkpoint
+# pylint: enable=unused-import
 
 MODES = ("train", "eval", "train_and_eval", "continuous_eval")
 
-INIT_REPORT_FILE = "init_checkpoint.json"
-_MAX_LOGGED_NAMES = 50
-
-# dtypes collective all-gather supports (MultiWorkerMirroredStrategy).
-_GATHER_DTYPES = (tf.float16, tf.float32, tf.float64, tf.int32, tf.int64)
-
 _SCALAR_METADATA = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-
-
-class CorruptRecordError(RuntimeError):
-  """A training TFRecord failed its checksum; the message names the file."""
-
-
-class NonFiniteLossError(RuntimeError):
-  """A loss became NaN or Inf; nothing was saved after the last good step."""
 
 
 class UnwritableModelDirError(OSError):
@@ -110,7 +114,8 @@ def ensure_writable(model_dir):
 
 
 @gin.configurable(denylist=["task", "model_dir", "strategy"])
-class Trainer:
+class Trainer(train_loop.TrainLoop, evaluation_loop.EvaluationLoop,
+              fine_tuning.FineTuning):
   """Trains and evaluates a Task under a tf.distribute strategy.
 
   Args:
@@ -143,6 +148,10 @@ class Trainer:
       fresh run (see the module docstring); None: no initialisation.
     init_checkpoint_modules: "backbone", "decoder" or "all", or several
       ("backbone,decoder" or a tuple).
+
+  The experiment's `expected_result.*` bindings (official/core/expectations.py)
+  are read when the Trainer is made and checked by the run's final
+  evaluation (`evaluate(check_expected=True)`).
   """
 
   def __init__(self, task, model_dir, strategy, train_epochs=gin.REQUIRED,
@@ -214,8 +223,13 @@ class Trainer:
         schedules.epochs_to_steps(eval_every_epochs, self.steps_per_epoch)
         if eval_every_epochs else None)
     self.init_checkpoint = init_checkpoint or None
-    self.init_checkpoint_modules = _parse_modules(init_checkpoint_modules)
+    self.init_checkpoint_modules = fine_tuning.parse_modules(
+        init_checkpoint_modules)
     self.init_report = None
+    # Read here, so that a malformed declaration fails before training and
+    # the declaration is part of the operative config.
+    self.expectation = expectations.expected_result()
+    self.last_losses = None
 
     self.model = None
     self.optimizer = None
@@ -293,427 +307,6 @@ class Trainer:
       return tf.zeros(shape, s.dtype)
     model(tf.nest.map_structure(zeros, spec[0]), training=False)
 
-  # Training.
-
-  def train(self, evaluate_every=False):
-    """Trains to total_steps, resuming from the latest checkpoint.
-
-    Args:
-      evaluate_every: also evaluate every eval_every_steps (train_and_eval).
-
-    Returns:
-      dict loss name -> float, the mean over the last host loop (empty when
-      the run had already finished).
-
-    Raises:
-      NonFiniteLossError: a loss became NaN/Inf (nothing saved after it).
-    """
-    self.build(for_training=True)
-    path, step = self.checkpointer.restore_latest()
-    step = step or 0
-    if path and self.init_checkpoint:
-      logging.info("Trainer.init_checkpoint=%s is not applied: the run "
-                   "resumes from its own checkpoint %s.", self.init_checkpoint,
-                   path)
-    if step >= self.total_steps:
-      logging.info("Training already finished: %s is at step %d of %d; "
-                   "skipping to evaluation.", path, step, self.total_steps)
-      return {}
-    if path:
-      logging.info("Resumed from step %d (%s); training to step %d.", step,
-                   path, self.total_steps)
-    else:
-      if self.init_checkpoint:
-        self.initialize_from_checkpoint()
-      logging.info("Training from %s to step %d (%d steps per epoch, global "
-                   "batch %d).", "the initial checkpoint" if
-                   self.init_checkpoint else "scratch", self.total_steps,
-                   self.steps_per_epoch, self.train_batch_size)
-
-    iterator = iter(self._train_dataset(skip_steps=step))
-    loop = self._make_train_loop(iterator)
-    values = {}
-    start_time, start_step = None, step
-    last_log_step = step
-    while step < self.total_steps:
-      num_steps = self._steps_to_next_boundary(step, evaluate_every)
-      loop_start = time.time()
-      try:
-        outputs = loop(iterator, tf.constant(num_steps, tf.int32))
-      except tf.errors.DataLossError as e:
-        raise CorruptRecordError(self._corrupt_record_message(e)) from None
-      values = {k: float(v) for k, v in outputs.items()}
-      loop_time = time.time() - loop_start
-      if not all(math.isfinite(v) for v in values.values()):
-        raise NonFiniteLossError(self._non_finite_message(
-            step, step + num_steps, values))
-      step += num_steps
-      # The first loop includes tracing and compilation: time from its end.
-      if start_time is None:
-        start_time, start_step = time.time(), step
-        rate = num_steps / max(loop_time, 1e-9)
-      else:
-        rate = (step - start_step) / max(time.time() - start_time, 1e-9)
-      if (step // self.log_every_steps > last_log_step // self.log_every_steps
-          or step == self.total_steps):
-        self._log_train(step, values, rate)
-        last_log_step = step
-      if step % self.checkpoint_every_steps == 0 or step == self.total_steps:
-        saved = self.checkpointer.save()
-        if self.chief:
-          logging.info("Saved checkpoint %s.", saved)
-      if (evaluate_every and self.eval_every_steps and
-          step % self.eval_every_steps == 0 and step != self.total_steps):
-        self.evaluate()
-    self.write_operative_config()
-    return values
-
-  def initialize_from_checkpoint(self):
-    """Restores init_checkpoint_modules from init_checkpoint (fine-tuning).
-
-    Called by `train` when a run starts fresh; builds the model if needed.
-    Logs the variables that were not restored and writes the report to
-    model_dir/init_checkpoint.json (chief).
-
-    Returns:
-      The report of checkpointing.restore_modules.
-
-    Raises:
-      checkpointing.NoCheckpointError: init_checkpoint names no checkpoint.
-      checkpointing.CheckpointMismatchError: a module does not fit it.
-    """
-    self.build(for_training=True)
-    path = checkpointing.resolve_checkpoint(self.init_checkpoint,
-                                            "Trainer.init_checkpoint")
-    report = checkpointing.restore_modules(path, self.model,
-                                           self.init_checkpoint_modules)
-    not_restored = report["not_restored"]
-    shown = not_restored[:_MAX_LOGGED_NAMES]
-    more = len(not_restored) - len(shown)
-    logging.info(
-        "Initialised %s from %s: %d variables restored; %d variables were "
-        "NOT restored (they keep their initial values)%s%s%s",
-        " and ".join(self.init_checkpoint_modules), path,
-        len(report["restored"]), len(not_restored),
-        ":\n  " if shown else ".", "\n  ".join(shown),
-        f"\n  ... and {more} more (all in init_checkpoint.json)." if more
-        else "")
-    if report["num_checkpoint_unused"]:
-      logging.info("%d variables of %s's model were not used (its other "
-                   "parts).", report["num_checkpoint_unused"], path)
-    if self.chief:
-      gin_config.write_json(
-          tf.io.gfile.join(self.model_dir, INIT_REPORT_FILE), report)
-    self.init_report = report
-    return report
-
-  def _corrupt_record_message(self, error):
-    """Names the corrupted file and record (scanning the inputs on the host)."""
-    pattern = self.task.input_files(training=True)
-    found = readers.locate_corrupt_record(pattern) if pattern else None
-    where = (f"{found[0]}, record {found[1]} (0-based)" if found else
-             f"a file matching {pattern!r}" if pattern else "the input data")
-    return (f"Corrupted TFRecord in the training data: {where}: "
-            f"{error.message.splitlines()[0]}. Nothing was saved after the "
-            f"last checkpoint ({self.checkpointer.latest}). Re-create that "
-            "file with its conversion script, or leave it out of the file "
-            "pattern, then run the same command again to resume.")
-
-  def _steps_to_next_boundary(self, step, evaluate_every):
-    """Steps to run in the next host loop: ends on every boundary."""
-    boundaries = [self.total_steps,
-                  (step // self.checkpoint_every_steps + 1) *
-                  self.checkpoint_every_steps]
-    if evaluate_every and self.eval_every_steps:
-      boundaries.append((step // self.eval_every_steps + 1) *
-                        self.eval_every_steps)
-    return max(1, min(self.steps_per_loop, min(boundaries) - step))
-
-  def _train_dataset(self, skip_steps=0):
-    """The distributed training dataset, replayed to `skip_steps` if seeded."""
-    replay = skip_steps if self.deterministic_seed is not None else 0
-    def dataset_fn(input_context):
-      dataset = self.task.build_inputs(
-          training=True, global_batch_size=self.train_batch_size,
-          input_context=input_context)
-      if replay:
-        per_pipeline = max(1, input_context.num_replicas_in_sync //
-                           input_context.num_input_pipelines)
-        dataset = dataset.skip(replay * per_pipeline)
-      return dataset
-    if replay:
-      logging.info("Deterministic resume: replaying the input pipeline "
-                   "through step %d.", replay)
-    return self.strategy.distribute_datasets_from_function(dataset_fn)
-
-  def _replica_step(self, features, labels):
-    """One step on one replica; returns this replica's shares of the losses."""
-    model, optimizer = self.model, self.optimizer
-    replicas = tf.distribute.get_replica_context().num_replicas_in_sync
-    variables = model.trainable_variables
-    with tf.GradientTape() as tape:
-      outputs = model(features, training=True)
-      losses = self.task.compute_losses(outputs, labels,
-                                        self.train_batch_size)
-      losses = {k: tf.cast(v, tf.float32) for k, v in losses.items()}
-      decay = optimization.weight_decay_loss(variables, self.weight_decay)
-      total = losses["total_loss"] + decay / replicas
-      scaled = optimizer.scale_loss(total)
-    grads = tape.gradient(scaled, variables)
-    if replicas > 1 and isinstance(optimizer,
-                                   keras.optimizers.LossScaleOptimizer):
-      grads = _poison_unless_all_finite(grads)
-    optimizer.apply_gradients(zip(grads, variables))
-    losses["total_loss"] = total
-    if self.weight_decay:
-      losses["weight_decay_loss"] = decay / replicas
-    return losses
-
-  def _loss_names(self, iterator):
-    """Names of the logged loss terms, found by tracing (not running) a step."""
-    names = []
-    def forward(features, labels):
-      outputs = self.model(features, training=True)
-      losses = self.task.compute_losses(outputs, labels,
-                                        self.train_batch_size)
-      if "total_loss" not in losses:
-        raise ValueError(f"{type(self.task).__name__}.compute_losses must "
-                         f"return a dict with 'total_loss'; got keys "
-                         f"{sorted(losses)}.")
-      names.extend(losses)
-      return losses["total_loss"]
-    def trace(batch):
-      return self.strategy.run(forward, args=batch)
-    tf.function(trace).get_concrete_function(iterator.element_spec)
-    names = list(dict.fromkeys(names))
-    if self.weight_decay:
-      names.append("weight_decay_loss")
-    return names
-
-  def _make_train_loop(self, iterator):
-    """tf.function running num_steps steps; returns per-step mean losses."""
-    names = self._loss_names(iterator)
-    strategy = self.strategy
-    replica_step = self._replica_step
-    if self.jit_compile and distribute.is_tpu(strategy):
-      logging.info("jit_compile: TPU steps are compiled with XLA anyway.")
-    elif self.jit_compile:
-      replica_step = tf.function(replica_step, jit_compile=True)
-
-    @tf.function
-    def train_loop(iterator, num_steps):
-      sums = {name: tf.constant(0.0, tf.float32) for name in names}
-      for _ in tf.range(num_steps):
-        features, labels = next(iterator)
-        per_replica = strategy.run(replica_step, args=(features, labels))
-        sums = {name: sums[name] + strategy.reduce(
-            tf.distribute.ReduceOp.SUM, per_replica[name], axis=None)
-                for name in names}
-      self.global_step.assign_add(tf.cast(num_steps, tf.int64))
-      count = tf.cast(num_steps, tf.float32)
-      return {name: sums[name] / count for name in names}
-
-    return train_loop
-
-  def _non_finite_message(self, first_step, last_step, values):
-    """The NonFiniteLossError text; steps are counted from 1."""
-    latest = self.checkpointer.latest
-    terms = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
-    return (
-        f"Non-finite loss in steps {first_step + 1}..{last_step} (mean over "
-        f"the loop: {terms}). Nothing was saved after the last good "
-        f"checkpoint: "
-        f"{latest or 'none yet (no checkpoint was written)'}. Rerunning "
-        f"resumes from it. Hints: lower the learning rate "
-        f"(learning_rate_schedule.base_learning_rate), use a longer warmup "
-        f"(learning_rate_schedule.warmup_epochs), or clip gradients "
-        f"(build_optimizer.clipnorm); check the inputs and labels.")
-
-  def _log_train(self, step, values, steps_per_second):
-    """Logs a progress line and writes train summaries.
-
-    Args:
-      step: steps completed.
-      values: loss name -> mean over the last host loop.
-      steps_per_second: measured since the end of the first loop.
-    """
-    # The rate the optimizer applies at its next update.
-    learning_rate = float(self.optimizer.learning_rate)
-    examples_per_second = steps_per_second * self.train_batch_size
-    remaining = (self.total_steps - step) / max(steps_per_second, 1e-9)
-    terms = "  ".join(f"{k} {v:.4f}" for k, v in values.items())
-    logging.info("step %d/%d | %s | lr %.6g | %.1f examples/s | ETA %s", step,
-                 self.total_steps, terms, learning_rate, examples_per_second,
-                 _format_seconds(remaining))
-    scalars = dict(values, learning_rate=learning_rate,
-                   examples_per_second=examples_per_second)
-    self._write_summaries("train", step, scalars)
-
-  # Evaluation.
-
-  def evaluate(self):
-    """Evaluates the current model on one pass of the eval split.
-
-    Builds the model and restores the latest checkpoint when nothing was
-    built yet (eval mode).
-
-    Returns:
-      dict metric name -> float, plus "step".
-    """
-    if self.model is None:
-      self.build(for_training=False)
-      self.checkpointer.restore_for_eval()
-    step = int(self.global_step.numpy())
-    start = time.time()
-    evaluator = self.task.build_evaluator()
-    evaluator.reset()
-    eval_step = self._make_eval_step()
-    dataset = self.strategy.distribute_datasets_from_function(
-        self._padded_eval_dataset)
-    # The padded stream never ends: stop at the first step whose examples
-    # are all padding, on every replica and worker alike.
-    max_batches = 2 * math.ceil((self.task.num_eval_examples or 0) /
-                                self.eval_batch_size) + 2
-    batches = 0
-    for batch in dataset:
-      outputs, num_valid = eval_step(batch)
-      if num_valid == 0:
-        break
-      evaluator.update(outputs)
-      batches += 1
-      if self.task.num_eval_examples and batches > max_batches:
-        raise ValueError(
-            f"{type(self.task).__name__}.build_inputs(training=False) gave "
-            f"more than {max_batches} batches of {self.eval_batch_size} for "
-            f"{self.task.num_eval_examples} examples; an evaluation dataset "
-            f"must make one pass (no repeat()).")
-    metrics = {k: float(v) for k, v in evaluator.result().items()}
-    elapsed = time.time() - start
-    lines = [f"Evaluation at step {step} ({batches} batches of "
-             f"{self.eval_batch_size}, {elapsed:.1f} s):"]
-    width = max([len(k) for k in metrics] + [6])
-    lines += [f"  {k:<{width}}  {v:.4f}" for k, v in sorted(metrics.items())]
-    logging.info("\n".join(lines))
-    self._write_summaries("eval", step, metrics)
-    result = dict(metrics, step=step)
-    if self.chief:
-      gin_config.write_json(
-          tf.io.gfile.join(self.model_dir, "eval_metrics.json"), result)
-    return result
-
-  def _padded_eval_dataset(self, input_context):
-    """The task's eval dataset followed by endless all-padding batches.
-
-    Every replica then gets a full batch at every step, even when the real
-    batches do not divide evenly among replicas and workers: no replica sees
-    an empty batch (TPUs need static shapes; oneDNN's CPU conv mishandles
-    empty batches), and all workers make the same number of steps.
-    """
-    dataset = self.task.build_inputs(
-        training=False, global_batch_size=self.eval_batch_size,
-        input_context=input_context)
-    batch = input_context.get_per_replica_batch_size(self.eval_batch_size)
-    features, labels = dataset.element_spec
-    if not isinstance(labels, dict) or "valid" not in labels:
-      raise ValueError(
-          f"{type(self.task).__name__}.build_inputs(training=False) must "
-          f"give labels as a dict with a bool 'valid' entry (Task contract); "
-          f"got labels {labels}.")
-
-    def zeros(spec):
-      shape = list(spec.shape)
-      shape[0] = shape[0] if shape[0] is not None else batch
-      if any(d is None for d in shape):
-        raise ValueError(
-            f"{type(self.task).__name__}: evaluation batches must have static "
-            f"shapes (Task contract); got {spec}.")
-      return tf.zeros(shape, spec.dtype)
-
-    padding = tf.nest.map_structure(zeros, (features, labels))
-    return dataset.concatenate(
-        tf.data.Dataset.from_tensors(padding).repeat())
-
-  def _make_eval_step(self):
-    """Returns eval_step(batch) -> (dict name -> numpy [global_batch, ...],
-    number of valid examples in the global batch).
-
-    One worker: each replica's outputs are fetched and concatenated on the
-    host. Several workers (MultiWorkerMirroredStrategy): outputs are gathered
-    across workers tensor by tensor; collectives take only float and
-    int32/int64, so other dtypes travel as int32/float32 and are cast back.
-    """
-    if self._eval_step is not None:
-      return self._eval_step
-    strategy, model, task = self.strategy, self.model, self.task
-    multi_worker = isinstance(strategy,
-                              tf.distribute.MultiWorkerMirroredStrategy)
-    dtypes = {}
-
-    def replica_eval(features, labels):
-      num_valid = tf.reduce_sum(tf.cast(labels["valid"], tf.int32))
-      outputs = task.eval_outputs(model(features, training=False), labels)
-      if multi_worker:
-        for name, value in outputs.items():
-          dtypes[name] = value.dtype
-          if value.dtype not in _GATHER_DTYPES:
-            wire = tf.float32 if value.dtype.is_floating else tf.int32
-            outputs[name] = tf.cast(value, wire)
-      return outputs, num_valid
-
-    @tf.function
-    def gather_step(batch):
-      per_replica, num_valid = strategy.run(replica_eval, args=batch)
-      num_valid = strategy.reduce(tf.distribute.ReduceOp.SUM, num_valid,
-                                  axis=None)
-      if multi_worker:
-        return {name: strategy.gather(value, axis=0)
-                for name, value in per_replica.items()}, num_valid
-      return strategy.experimental_local_results(per_replica), num_valid
-
-    def eval_step(batch):
-      """Returns (outputs: name -> numpy [global_batch, ...], num_valid)."""
-      outputs, num_valid = gather_step(batch)
-      if multi_worker:
-        outputs = {name: value.numpy().astype(dtypes[name].as_numpy_dtype)
-                   for name, value in outputs.items()}
-      else:
-        outputs = {name: np.concatenate([np.asarray(r[name])
-                                         for r in outputs])
-                   for name in outputs[0]}
-      return outputs, int(num_valid)
-
-    self._eval_step = eval_step
-    return eval_step
-
-  def continuous_evaluate(self, timeout=None):
-    """Evaluates each new checkpoint until the final step is evaluated.
-
-    Args:
-      timeout: seconds to wait for a new checkpoint before giving up (None:
-        wait forever).
-
-    Returns:
-      The last metrics dict, or None when no checkpoint appeared in time.
-    """
-    self.build(for_training=False)
-    result = None
-    for path in tf.train.checkpoints_iterator(
-        self.model_dir, min_interval_secs=1, timeout=timeout):
-      try:
-        step = self.checkpointer.restore(path)
-      except tf.errors.NotFoundError:
-        logging.warning("Checkpoint %s vanished before it was read (rotated "
-                        "out); waiting for the next.", path)
-        continue
-      result = self.evaluate()
-      if step >= self.total_steps:
-        logging.info("Evaluated the final step %d; done.", step)
-        break
-    else:
-      logging.warning("No new checkpoint in %s within %s s; stopping.",
-                      self.model_dir, timeout)
-    return result
-
   # Files.
 
   def _write_summaries(self, name, step, scalars):
@@ -739,68 +332,6 @@ class Trainer:
                               gin.operative_config_str())
 
 
-def _poison_unless_all_finite(grads):
-  """Makes every replica's gradients NaN when any replica's are not finite.
-
-  Keras 3's LossScaleOptimizer decides to skip a step from the first
-  replica's gradients alone, before they are summed; an overflow on another
-  replica would then reach the weights. With this, every replica agrees.
-
-  Args:
-    grads: this replica's gradients (None for unconnected variables).
-
-  Returns:
-    The same gradients, or NaN-filled ones on every replica.
-  """
-  present = [g for g in grads if g is not None]
-  finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
-                          for g in present])
-  bad = tf.distribute.get_replica_context().all_reduce(
-      tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
-  factor = tf.where(bad > 0, float("nan"), 1.0)
-  return [None if g is None else g * tf.cast(factor, g.dtype) for g in grads]
-
-
-@gin.configurable
-def required_init_checkpoint(pretrained_by=None):
-  """Stands for a Trainer.init_checkpoint that the command must give.
-
-  An experiment that fine-tunes binds
-  `Trainer.init_checkpoint = @required_init_checkpoint()`; the Trainer is
-  then built only once --gin_param sets Trainer.init_checkpoint (gin's
-  %gin.REQUIRED would already fail when the file is parsed, so that the
-  experiment could not even be built and inspected without a checkpoint).
-
-  Args:
-    pretrained_by: the experiment that trains the checkpoint, for the message.
-
-  Raises:
-    ValueError: always, saying what to pass.
-  """
-  where = f" (a run of {pretrained_by})" if pretrained_by else ""
-  raise ValueError(
-      "This experiment fine-tunes from a checkpoint: pass "
-      "--gin_param=\"Trainer.init_checkpoint='MODEL_DIR_OR_CHECKPOINT'\""
-      f"{where}, or Trainer.init_checkpoint=None to train from scratch.")
-
-
-def _parse_modules(modules):
-  """("backbone", ...) of "backbone", "backbone,decoder" or a sequence."""
-  if isinstance(modules, str):
-    modules = [m.strip() for m in modules.split(",") if m.strip()]
-  modules = tuple(modules or ())
-  unknown = [m for m in modules if m not in checkpointing.MODULES]
-  if not modules or unknown:
-    raise ValueError(f"Trainer.init_checkpoint_modules={modules!r}: expected "
-                     f"one or more of {', '.join(checkpointing.MODULES)}.")
-  return modules
-
-
-def _format_seconds(seconds):
-  seconds = int(round(seconds))
-  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 @gin.configurable(denylist=["task", "mode", "model_dir", "strategy"])
 def run_experiment(task, mode, model_dir, strategy,
                    continuous_eval_timeout=None):
@@ -816,7 +347,10 @@ def run_experiment(task, mode, model_dir, strategy,
       without a new checkpoint (None: waits forever).
 
   Returns:
-    The final eval metrics dict (eval modes), or the last losses (train).
+    The final eval metrics dict (eval modes; with "expected_result" when the
+    experiment declares one: a result that does not hold is logged and
+    recorded, not raised, so the exit status stays 0), or the last losses
+    (train).
   """
   if mode not in MODES:
     raise ValueError(f"Unknown mode {mode!r}; expected one of "
@@ -832,7 +366,7 @@ def run_experiment(task, mode, model_dir, strategy,
     return trainer.train()
   if mode == "train_and_eval":
     trainer.train(evaluate_every=True)
-    return trainer.evaluate()
+    return trainer.evaluate(check_expected=True)
   if mode == "eval":
-    return trainer.evaluate()
+    return trainer.evaluate(check_expected=True)
   return trainer.continuous_evaluate(timeout=continuous_eval_timeout)

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from modeling.ops import mask_ops
 from official.core import task
 
 # Names of COCOeval.stats[0:9], in order.
@@ -27,8 +28,9 @@ METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "ARmax1",
 # The same figures of the "segm" evaluation (include_mask).
 MASK_METRIC_NAMES = tuple("mask_" + name for name in METRIC_NAMES)
 
-# A pasted mask probability at or above this is foreground.
-MASK_THRESHOLD = 0.5
+# A pasted mask probability at or above this is foreground (the rule of
+# modeling/ops/mask_ops.py, shared with the served masks).
+MASK_THRESHOLD = mask_ops.MASK_THRESHOLD
 
 # Ids given to source ids that are not integers (ground truths from update()
 # only); far above COCO's ids and exact in float64.
@@ -80,59 +82,27 @@ def _check_segmentations(ground_truth, annotation_file):
           "the image size given there.")
 
 
-def _bilinear_weights(start, end, size, length):
-  """Row weights [n, size] and first pixel of a mask pasted along one axis.
-
-  The pixels whose centres lie in [start, end) get the mask's value at
-  that centre: the mask's `size` cells span [start, end] evenly, their
-  values sit at the cell centres and are interpolated linearly between
-  them, held constant beyond the outermost centres.
-
-  Args:
-    start, end: floats, the box along this axis in image pixels.
-    size: int, mask cells along this axis.
-    length: int, image pixels along this axis.
-
-  Returns:
-    (first pixel index, float64 [n, size] weights), n >= 0 pixels.
-  """
-  if not (np.isfinite(start) and np.isfinite(end) and end > start):
-    return 0, np.zeros([0, size])  # Empty, or a diverged model's NaN box.
-  first = max(int(np.ceil(start - 0.5)), 0)
-  last = min(int(np.ceil(end - 0.5)), length)  # Exclusive.
-  if last <= first:
-    return first, np.zeros([0, size])
-  centres = np.arange(first, last) + 0.5
-  position = np.clip((centres - start) / (end - start) * size - 0.5, 0.0,
-                     size - 1.0)
-  low = np.floor(position).astype(np.int64)
-  high = np.minimum(low + 1, size - 1)
-  weights = np.zeros([last - first, size])
-  rows = np.arange(last - first)
-  weights[rows, low] = 1.0 - (position - low)
-  weights[rows, high] += position - low
-  return first, weights
-
-
 def _paste_window(mask, box, height, width):
   """Binary window of one mask pasted into its box.
+
+  Pasted by modeling.ops.mask_ops.paste_mask_window, the rule and float32
+  arithmetic of the served masks (mask_ops.paste_masks), so the evaluated
+  masks are the served ones.
 
   Returns:
     (top, left, uint8 [rows, columns] 0/1): the window's pixels of the
     image from (top, left); empty when the box misses the image.
   """
-  ymin, xmin, ymax, xmax = (float(v) for v in box)
-  top, rows = _bilinear_weights(ymin, ymax, mask.shape[0], height)
-  left, columns = _bilinear_weights(xmin, xmax, mask.shape[1], width)
-  values = rows @ np.asarray(mask, np.float64) @ columns.T
+  top, left, values = mask_ops.paste_mask_window(mask, box, height, width)
   return top, left, (values >= MASK_THRESHOLD).astype(np.uint8)
 
 
 def paste_mask(mask, box, height, width):
   """Pastes an m x m mask of probabilities into a box of an image.
 
-  Each pixel whose centre lies inside the box takes the mask's value at
-  that centre (the m x m cells span the box evenly; bilinear between cell
+  The rule of modeling/ops/mask_ops.py: each pixel whose centre lies in the
+  half-open box [ymin, ymax) x [xmin, xmax) takes the mask's value at that
+  centre (the m x m cells span the box evenly; bilinear between cell
   centres, constant beyond the outermost ones) thresholded at
   MASK_THRESHOLD (>= 0.5 is foreground); every other pixel is 0.
 

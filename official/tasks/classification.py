@@ -1,6 +1,7 @@
 """Image classification with SpineNet or ResNet backbones.
 
-Loss: softmax cross-entropy with optional label smoothing. Metrics:
+Loss: softmax cross-entropy with optional label smoothing
+(modeling/losses/classification.py). Metrics:
 top_1_accuracy and top_5_accuracy over the evaluation split (padding excluded).
 """
 
@@ -10,7 +11,9 @@ import tensorflow as tf
 
 from dataloaders import classification as classification_data
 from dataloaders.datasets import digits
+from modeling.losses.classification import classification_loss
 from modeling.models.classifier import build_classifier
+from official.core import registry
 from official.core import task as task_lib
 
 
@@ -42,8 +45,17 @@ def tfds_classification(name=gin.REQUIRED, data_dir=gin.REQUIRED,
 
 
 @gin.configurable
-def digits_records(data_dir="data/digits"):
-  """scikit-learn's handwritten digits as TFRecords, built on first use."""
+def digits_records(data_dir="data/digits", search_holdout_fraction=None):
+  """scikit-learn's handwritten digits as TFRecords, built on first use.
+
+  search_holdout_fraction: when set, the architecture-search split instead
+  (dataloaders/datasets/digits.py, ensure_digits_search_records): train on
+  the training images minus this seeded share, evaluate on that share; the
+  validation images are not used. Give it its own data_dir.
+  """
+  if search_holdout_fraction is not None:
+    return digits.ensure_digits_search_records(data_dir,
+                                               search_holdout_fraction)
   return digits.ensure_digits_records(data_dir)
 
 
@@ -75,7 +87,7 @@ class TopKEvaluator(task_lib.Evaluator):
             for k in self.ks}
 
 
-@gin.configurable
+@registry.register_task
 class ClassificationTask(task_lib.DatasetTask):
   """Classifier training and evaluation.
 
@@ -117,7 +129,6 @@ class ClassificationTask(task_lib.DatasetTask):
                        f"ClassificationTask.num_classes = {self.num_classes}.")
 
   def build_model(self):
-    from official import registry  # pylint: disable=g-import-not-at-top
     backbone = registry.build_backbone(
         self.backbone_fn, (self.image_size, self.image_size, 3))
     return build_classifier(backbone, self.num_classes, self.head_levels,
@@ -136,13 +147,8 @@ class ClassificationTask(task_lib.DatasetTask):
         num_eval_examples=data["num_eval"], parser_kwargs=self.parser_kwargs)
 
   def compute_losses(self, outputs, labels, global_batch_size):
-    logits = tf.cast(outputs, tf.float32)
-    one_hot = tf.one_hot(labels["label"], self.num_classes)
-    if self.label_smoothing:
-      one_hot = (one_hot * (1.0 - self.label_smoothing) +
-                 self.label_smoothing / self.num_classes)
-    per_example = tf.nn.softmax_cross_entropy_with_logits(one_hot, logits)
-    loss = tf.reduce_sum(per_example) / tf.cast(global_batch_size, tf.float32)
+    loss = classification_loss(outputs, labels["label"], self.num_classes,
+                               global_batch_size, self.label_smoothing)
     return {"total_loss": loss, "cross_entropy_loss": loss}
 
   def eval_outputs(self, outputs, labels):

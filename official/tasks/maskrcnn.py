@@ -1,8 +1,8 @@
-"""Mask R-CNN instance segmentation (SpineNet paper; REFERENCE.md §3, §4).
+"""Mask R-CNN instance segmentation (SpineNet §4.1, Eff-SpineNet §4.1).
 
 Model: backbone -> decoder -> RPN -> proposals -> Fast R-CNN and mask heads
 (modeling/models/maskrcnn.py). Loss: RPN objectness and box, Fast R-CNN
-class and box, mask; normalisers in modeling/models/maskrcnn_losses.py.
+class and box, mask; normalisers in modeling/losses/maskrcnn.py.
 Evaluation: detections and 28x28 masks from the model, boxes mapped back to
 original pixels, box and mask AP on the host (COCOEvaluator with
 include_mask, which needs the instances JSON of the evaluated split).
@@ -22,8 +22,10 @@ from dataloaders import maskrcnn_input
 from modeling.heads.fast_rcnn import FastRCNNHead
 from modeling.heads.mask_head import MaskHead
 from modeling.heads.rpn import RPNHead
-from modeling.models import maskrcnn_losses
+from modeling.losses import maskrcnn as maskrcnn_losses
 from modeling.models.maskrcnn import MaskRCNNModel
+from modeling.ops import mask_ops
+from official.core import registry
 from official.core import task as task_lib
 from official.evaluation.coco_evaluator import COCOEvaluator
 from official.tasks.retinanet import category_names
@@ -60,7 +62,7 @@ def valid_image_shape(image_info, image_size):
                           float(image_size))
 
 
-@gin.configurable
+@registry.register_task
 class MaskRCNNTask(task_lib.DatasetTask):
   """Mask R-CNN training and COCO box + mask evaluation.
 
@@ -98,6 +100,11 @@ class MaskRCNNTask(task_lib.DatasetTask):
       nms_method: detections (5000, 0.05, 0.5, 100, "combined").
     rpn_huber_delta, frcnn_huber_delta, rpn_score_weight, rpn_box_weight,
       frcnn_class_weight, frcnn_box_weight, mask_weight: the losses.
+    serve_image_masks: the serving outputs also hold each detection's mask
+      pasted into the original image (detection_image_masks, uint8 [B, N,
+      H, W]), pasted by the rule the evaluator uses (modeling/ops/
+      mask_ops.py). Costs about 4 x 4 bytes x N x H x W of memory per
+      image at serving time; False serves the 28 x 28 masks only.
     seed: makes the input pipeline deterministic.
   """
 
@@ -122,7 +129,8 @@ class MaskRCNNTask(task_lib.DatasetTask):
                nms_method="combined", rpn_huber_delta=1.0 / 9.0,
                frcnn_huber_delta=1.0, rpn_score_weight=1.0,
                rpn_box_weight=1.0, frcnn_class_weight=1.0,
-               frcnn_box_weight=1.0, mask_weight=1.0, seed=None):
+               frcnn_box_weight=1.0, mask_weight=1.0, serve_image_masks=True,
+               seed=None):
     self.backbone_fn = backbone
     self.decoder_fn = decoder
     self.data_fn = data
@@ -170,6 +178,7 @@ class MaskRCNNTask(task_lib.DatasetTask):
         rpn_score_weight=rpn_score_weight, rpn_box_weight=rpn_box_weight,
         frcnn_class_weight=frcnn_class_weight,
         frcnn_box_weight=frcnn_box_weight, mask_weight=mask_weight)
+    self.serve_image_masks = bool(serve_image_masks)
     self.seed = seed
 
   def check_data(self, data):
@@ -181,7 +190,6 @@ class MaskRCNNTask(task_lib.DatasetTask):
           "annotation_file='gs://BUCKET/coco/instances_val2017.json'\".")
 
   def build_model(self):
-    from official import registry  # pylint: disable=g-import-not-at-top
     backbone, decoder = registry.multilevel_features(
         (self.image_size, self.image_size, 3), backbone=self.backbone_fn,
         decoder=self.decoder_fn)
@@ -271,8 +279,13 @@ class MaskRCNNTask(task_lib.DatasetTask):
       xmin, ymax, xmax), original-image pixels with image_info (else model
       input pixels); detection_scores float32 [B, N]; detection_classes
       int32 [B, N] (0 = padding); detection_masks float32 [B, N, 28, 28],
-      mask probabilities over each detection box (paste them into the box,
-      e.g. modeling.ops.mask_ops.paste_mask_numpy), N = max_detections.
+      mask probabilities over each detection box, N = max_detections; with
+      serve_image_masks, detection_image_masks uint8 [B, N, H, W]: those
+      masks pasted into the image (modeling.ops.mask_ops.paste_masks,
+      >= 0.5), 1 = the detection's pixels, the same pixels the COCO
+      evaluator scores. H x W is the largest original image of the batch
+      with image_info (an image smaller than that occupies the top-left
+      part), else the model input.
     Raises:
       NotImplementedError: for_tflite (Mask R-CNN has no TFLite export).
     """
@@ -292,11 +305,22 @@ class MaskRCNNTask(task_lib.DatasetTask):
                       training=False)
       boxes = original_image_boxes(outputs["detection_boxes"], image_info,
                                    outputs["num_detections"])
-    return {"num_detections": outputs["num_detections"],
-            "detection_boxes": boxes,
-            "detection_scores": outputs["detection_scores"],
-            "detection_classes": outputs["detection_classes"],
-            "detection_masks": outputs["detection_masks"]}
+    served = {"num_detections": outputs["num_detections"],
+              "detection_boxes": boxes,
+              "detection_scores": outputs["detection_scores"],
+              "detection_classes": outputs["detection_classes"],
+              "detection_masks": outputs["detection_masks"]}
+    if self.serve_image_masks:
+      if image_info is None:
+        size = tf.shape(images)[1], tf.shape(images)[2]
+      else:
+        original = tf.cast(tf.reduce_max(image_info[:, 0, :], axis=0),
+                           tf.int32)
+        size = original[0], original[1]
+      pasted = mask_ops.paste_masks(outputs["detection_masks"], boxes, size)
+      served["detection_image_masks"] = tf.cast(
+          pasted >= mask_ops.MASK_THRESHOLD, tf.uint8)
+    return served
 
   def label_map(self):
     return category_names(self.data.get("annotation_file"))

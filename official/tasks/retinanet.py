@@ -1,4 +1,4 @@
-"""RetinaNet object detection (SpineNet paper protocols; REFERENCE.md §4).
+"""RetinaNet object detection (SpineNet final version §4.1, §5.1).
 
 Model: backbone -> decoder -> RetinaNetHead. Loss: focal (alpha 0.25, gamma
 1.5) + 50 x Huber (delta 0.1), normalised by the positives of the global batch
@@ -18,10 +18,11 @@ from absl import logging
 from dataloaders import retinanet_input
 from dataloaders.datasets import synthetic_coco
 from modeling.heads.retinanet import RetinaNetHead
-from modeling.models import retinanet_losses
+from modeling.losses import retinanet as retinanet_losses
 from modeling.models.retinanet import build_retinanet
 from modeling.ops import postprocess
 from modeling.ops.anchors import Anchors
+from official.core import registry
 from official.core import task as task_lib
 from official.evaluation.coco_evaluator import COCOEvaluator
 
@@ -91,7 +92,7 @@ def synthetic_coco_records(data_dir="data/synthetic_coco", num_train=500,
                                    "instances_val.json"))
 
 
-@gin.configurable
+@registry.register_task
 class RetinaNetTask(task_lib.DatasetTask):
   """RetinaNet training and COCO evaluation.
 
@@ -104,7 +105,7 @@ class RetinaNetTask(task_lib.DatasetTask):
       background (91 for COCO).
     image_size: square input side in pixels, a multiple of 2^max_level.
     min_level, max_level: feature levels the head predicts on.
-    num_scales, aspect_ratios, anchor_size: anchors (REFERENCE §4: anchor
+    num_scales, aspect_ratios, anchor_size: anchors (SpineNet §5.1: anchor
       size 3 up to SpineNet-96, 4 from SpineNet-143).
     head_num_convs, head_num_filters, head_use_separable_conv: subnets.
     aug_scale_min, aug_scale_max: training scale jitter (protocol).
@@ -157,7 +158,6 @@ class RetinaNetTask(task_lib.DatasetTask):
                    (self.image_size, self.image_size))
 
   def build_model(self):
-    from official import registry  # pylint: disable=g-import-not-at-top
     backbone, decoder = registry.multilevel_features(
         (self.image_size, self.image_size, 3), backbone=self.backbone_fn,
         decoder=self.decoder_fn)

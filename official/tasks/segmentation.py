@@ -1,12 +1,10 @@
-"""Semantic segmentation (Eff-SpineNet paper Sec. 4.3 and 5.3; REFERENCE §3).
+"""Semantic segmentation (Eff-SpineNet paper Sec. 4.3 and 5.3).
 
 Model: backbone -> decoder -> SegmentationHead (P3..P7 averaged at output
 stride 8, separable convs, pixel classifier) -> logits bilinearly upsampled
 to the input size. Loss: softmax cross-entropy over the pixels whose label
-is not ignore_label, the mean over the valid pixels of the *global* batch:
-each replica divides its sum by the valid-pixel count summed over replicas,
-so the replicas' shares add up to the global mean (the Task contract in
-official/core/task.py, as RetinaNet's positive count). Evaluation: per-image
+is not ignore_label, the mean over the valid pixels of the *global* batch
+(modeling/losses/segmentation.py). Evaluation: per-image
 confusion matrices on the accelerator, mIoU and per-class IoU on the host
 (official/evaluation/miou_evaluator.py).
 
@@ -25,8 +23,9 @@ from dataloaders import segmentation_input
 from dataloaders.datasets import pascal_records as pascal_lib
 from dataloaders.datasets import synthetic_pascal
 from modeling.heads.segmentation import SegmentationHead
-from modeling.models.retinanet_losses import global_sum
+from modeling.losses.segmentation import segmentation_loss
 from modeling.models.segmentation import build_segmenter
+from official.core import registry
 from official.core import task as task_lib
 from official.evaluation import miou_evaluator
 
@@ -86,36 +85,7 @@ def synthetic_pascal_records(data_dir="data/synthetic_pascal", num_train=400,
       class_names=list(synthetic_pascal.class_names(num_classes)))
 
 
-def segmentation_loss(logits, labels, num_classes, ignore_label=255,
-                      global_normalizer=True):
-  """This replica's share of the mean cross-entropy over valid pixels.
-
-  Args:
-    logits: float [b, H, W, num_classes].
-    labels: int [b, H, W] class ids; ignore_label pixels get no loss.
-    num_classes: int.
-    ignore_label: int.
-    global_normalizer: divide by the valid pixels of all replicas (module
-      docstring); False: of this replica only.
-
-  Returns:
-    float32 scalar: sum of the valid pixels' cross-entropy / max(valid
-    pixels, 1).
-  """
-  logits = tf.cast(logits, tf.float32)
-  labels = tf.cast(labels, tf.int32)
-  valid = tf.logical_and(labels != ignore_label, labels < num_classes)
-  safe_labels = tf.where(valid, labels, 0)
-  per_pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(
-      labels=safe_labels, logits=logits)
-  total = tf.reduce_sum(tf.where(valid, per_pixel, 0.0))
-  count = tf.reduce_sum(tf.cast(valid, tf.float32))
-  if global_normalizer:
-    count = global_sum(count)
-  return total / tf.maximum(tf.stop_gradient(count), 1.0)
-
-
-@gin.configurable
+@registry.register_task
 class SegmentationTask(task_lib.DatasetTask):
   """Semantic segmentation training and mIoU evaluation.
 
@@ -165,7 +135,6 @@ class SegmentationTask(task_lib.DatasetTask):
                        f"SegmentationTask.num_classes = {self.num_classes}.")
 
   def build_model(self):
-    from official import registry  # pylint: disable=g-import-not-at-top
     backbone, decoder = registry.multilevel_features(
         (self.image_size, self.image_size, 3), backbone=self.backbone_fn,
         decoder=self.decoder_fn)

@@ -52,7 +52,7 @@ def test_spinenet49_graph_follows_the_block_specs(graph49):
   endpoints = {n.endpoint_level: n.label for n in graph49.nodes
                if n.endpoint_level is not None}
   assert endpoints == {4: "11", 3: "12", 5: "13", 7: "14", 6: "15"}
-  # Bottleneck output = 4 x filter map; residual = 1 x (REFERENCE §1).
+  # Bottleneck output = 4 x filter map; residual = 1 x (SpineNet §3.2).
   assert [graph49.nodes[i].width for i in (0, 2, 3, 4)] == [256, 256, 256,
                                                             512]
   assert graph49.title == "SpineNet-49 (bottleneck/residual blocks)"

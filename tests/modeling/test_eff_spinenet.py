@@ -14,7 +14,7 @@ from modeling.backbones.spinenet_mbconv import (MBCONV_BLOCK_SPECS,
 from modeling.decoders.identity import identity
 from modeling.heads.retinanet import RetinaNetHead
 from modeling.models.retinanet import build_retinanet
-from modeling.models.retinanet_losses import retinanet_losses
+from modeling.losses.retinanet import retinanet_losses
 from modeling.ops.anchors import Anchors
 from modeling.ops.target_assigner import AnchorLabeler
 from tests.modeling.layer_harness import assert_checkpoint_covers

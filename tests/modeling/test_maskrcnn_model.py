@@ -9,7 +9,7 @@ from modeling.decoders.identity import identity
 from modeling.heads.fast_rcnn import FastRCNNHead
 from modeling.heads.mask_head import MaskHead
 from modeling.heads.rpn import RPNHead
-from modeling.models import maskrcnn_losses as losses_lib
+from modeling.losses import maskrcnn as losses_lib
 from modeling.models.maskrcnn import MaskRCNNModel
 from modeling.ops import box_ops
 from modeling.ops.anchors import Anchors
@@ -251,61 +251,6 @@ def test_losses_are_finite_and_decrease():
 
 
 # ------------------------------------------------------------------ losses
-
-
-def _sigmoid_ce(logit, label):
-  return max(logit, 0) - logit * label + np.log1p(np.exp(-abs(logit)))
-
-
-def test_rpn_losses_skip_unsampled_anchors_and_normalise():
-  scores = {"3": tf.constant([[[[2.0, -1.0], [0.5, 3.0]]]])}   # [1,1,2,2]
-  targets = {"3": tf.constant([[[[1, 0], [-1, 1]]]])}
-  boxes = {"3": tf.constant(np.full([1, 1, 2, 8], 0.5, np.float32))}
-  box_targets = np.zeros([1, 1, 2, 8], np.float32)
-  box_targets[0, 0, 0, :4] = [0.5, 0.5, 0.5, 0.7]   # error 0.2 on one coord
-  score_loss, box_loss = losses_lib.rpn_losses(
-      scores, boxes, targets, {"3": tf.constant(box_targets)},
-      global_batch_size=2, rpn_batch_size_per_image=4)
-  expected = (_sigmoid_ce(2.0, 1) + _sigmoid_ce(-1.0, 0) +
-              _sigmoid_ce(3.0, 1)) / (2 * 4)
-  np.testing.assert_allclose(score_loss, expected, rtol=1e-6)
-  # Positives: anchors 0 and 3; anchor 3's target is 0 so its error is 0.5
-  # on all 4 coordinates. Huber (delta 1/9) summed / (4 x 2 positives).
-  delta = 1.0 / 9.0
-  huber = lambda e: delta * (e - delta / 2)  # every error here is > delta
-  np.testing.assert_allclose(box_loss, (huber(0.2) + 4 * huber(0.5)) / 8.0,
-                             rtol=1e-5)
-
-
-def test_fast_rcnn_losses_use_the_class_columns_and_skip_ignored_rows():
-  logits = tf.constant([[[2.0, 0.0, 1.0], [0.0, 3.0, 0.0],
-                         [5.0, -5.0, 9.0]]])
-  classes = tf.constant([[2, 0, -1]])
-  deltas = np.zeros([1, 3, 12], np.float32)
-  deltas[0, 0, 8:12] = [0.5, 0.0, 0.0, 0.0]    # class 2's deltas of ROI 0
-  deltas[0, 0, 4:8] = 100.0                     # class 1's: must be unused
-  deltas[0, 1, :] = 100.0                       # background: no box loss
-  targets = np.zeros([1, 3, 4], np.float32)
-  class_loss, box_loss = losses_lib.fast_rcnn_losses(
-      logits, tf.constant(deltas), classes, tf.constant(targets))
-  log_softmax = lambda row, c: row[c] - np.log(np.sum(np.exp(row)))
-  expected = -(log_softmax(np.array([2.0, 0.0, 1.0]), 2) +
-               log_softmax(np.array([0.0, 3.0, 0.0]), 0)) / 2
-  np.testing.assert_allclose(class_loss, expected, rtol=1e-5)
-  np.testing.assert_allclose(box_loss, 0.5 * 0.5 ** 2 / 4.0, rtol=1e-5)
-
-
-def test_mask_loss_counts_foreground_rows_only():
-  logits = np.zeros([1, 2, 2, 2], np.float32)
-  logits[0, 0] = [[2.0, -2.0], [0.0, 1.0]]
-  logits[0, 1] = 50.0                        # a background row: skipped
-  targets = np.zeros([1, 2, 2, 2], np.float32)
-  targets[0, 0] = [[1.0, 0.0], [1.0, 0.0]]
-  loss = losses_lib.mask_loss(tf.constant(logits), tf.constant(targets),
-                              tf.constant([[3, 0]]))
-  expected = (_sigmoid_ce(2.0, 1) + _sigmoid_ce(-2.0, 0) +
-              _sigmoid_ce(0.0, 1) + _sigmoid_ce(1.0, 0)) / 4
-  np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
 
 def test_losses_sum_over_replicas_equals_global_batch(mirrored_strategy):

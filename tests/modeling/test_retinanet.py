@@ -1,4 +1,7 @@
-"""Tests for the RetinaNet head, model, detector wrapper and losses."""
+"""Tests for the RetinaNet head, model and detector wrapper.
+
+The losses are tested in tests/modeling/test_losses.py.
+"""
 
 import math
 
@@ -11,8 +14,7 @@ from modeling.backbones.spinenet import spinenet
 from modeling.decoders.identity import identity
 from modeling.heads.retinanet import RetinaNetHead
 from modeling.models.retinanet import RetinaNetDetector, build_retinanet
-from modeling.models.retinanet_losses import (focal_loss, huber_box_loss,
-                                              retinanet_losses)
+from modeling.losses.retinanet import retinanet_losses
 from modeling.ops.anchors import Anchors, flatten_levels
 from modeling.ops.target_assigner import AnchorLabeler
 from tests.modeling.layer_harness import check_layer
@@ -178,127 +180,6 @@ def test_detector(tmp_path):
                              rtol=1e-5)
   with pytest.raises(ValueError, match="9 anchors per location"):
     RetinaNetDetector(model, num_scales=1)
-
-
-# ------------------------------------------------------------------ losses
-
-
-def numpy_focal(logits, targets, alpha, gamma):
-  """Per-anchor focal loss written out directly (columns 1..C-1)."""
-  p = 1 / (1 + np.exp(-logits.astype(np.float64)))
-  losses = []
-  for row, t in zip(p, targets):
-    if t < 0:
-      losses.append(0.0)
-      continue
-    total = 0.0
-    for c in range(1, len(row)):
-      if c == t:
-        total += -alpha * (1 - row[c]) ** gamma * np.log(row[c])
-      else:
-        total += -(1 - alpha) * row[c] ** gamma * np.log(1 - row[c])
-    losses.append(total)
-  return np.array(losses)
-
-
-def test_focal_loss_matches_numpy():
-  rng = np.random.default_rng(0)
-  logits = rng.normal(0, 3, (40, 6)).astype(np.float32)
-  targets = rng.integers(-1, 6, 40).astype(np.int32)
-  result = focal_loss(logits, targets, alpha=0.25, gamma=1.5).numpy()
-  np.testing.assert_allclose(result, numpy_focal(logits, targets, 0.25, 1.5),
-                             rtol=1e-4, atol=1e-6)
-  assert np.all(result[targets == -1] == 0)
-  # Column 0 (background) takes no part: changing it changes nothing.
-  shifted = logits.copy()
-  shifted[:, 0] += 5
-  np.testing.assert_allclose(focal_loss(shifted, targets), focal_loss(
-      logits, targets), rtol=1e-6)
-  # Extreme logits stay finite, and so do the gradients.
-  big = tf.constant([[0.0, 80.0, -80.0], [0.0, -80.0, 80.0]])
-  with tf.GradientTape() as tape:
-    tape.watch(big)
-    loss = tf.reduce_sum(focal_loss(big, [1, 1]))
-  assert np.isfinite(loss.numpy())
-  assert np.all(np.isfinite(tape.gradient(loss, big).numpy()))
-
-
-def test_huber_box_loss():
-  deltas = np.array([[0.0, 0.05, 0.3, -0.2], [1.0, 1.0, 1.0, 1.0]], np.float32)
-  targets = np.zeros((2, 4), np.float32)
-  result = huber_box_loss(deltas, targets, [True, False], delta=0.1).numpy()
-  expected = 0.5 * 0.05**2 + 0.1 * (0.3 - 0.05) + 0.1 * (0.2 - 0.05)
-  np.testing.assert_allclose(result, [expected, 0.0], rtol=1e-5)
-
-
-def level_labels(rng, batch, num_classes):
-  """Random outputs and labels on levels 3..4 of a 32 x 32 image, A = 2."""
-  shapes = {"3": (4, 4), "4": (2, 2)}
-  cls_out, box_out, cls_t, box_t = {}, {}, {}, {}
-  for level, (h, w) in shapes.items():
-    cls_out[level] = rng.normal(-2, 2, (batch, h, w, 2 * num_classes))
-    box_out[level] = rng.normal(0, 0.2, (batch, h, w, 8))
-    cls_t[level] = rng.choice([-1, 0, 0, 0, 1, 2], (batch, h, w, 2))
-    box_t[level] = rng.normal(0, 0.2, (batch, h, w, 8))
-  cast = lambda d, t: {k: tf.constant(v, t) for k, v in d.items()}
-  return (cast(cls_out, tf.float32), cast(box_out, tf.float32),
-          {"cls_targets": cast(cls_t, tf.int32),
-           "box_targets": cast(box_t, tf.float32)})
-
-
-def test_retinanet_losses_normaliser():
-  rng = np.random.default_rng(1)
-  cls_out, box_out, labels = level_labels(rng, 2, num_classes=3)
-  losses = retinanet_losses(cls_out, box_out, labels, num_classes=3)
-  targets = flatten_levels(labels["cls_targets"], 1).numpy().reshape(-1)
-  positives = np.sum(targets > 0)
-  assert positives > 0
-  logits = flatten_levels(cls_out, 3).numpy().reshape(-1, 3)
-  focal = numpy_focal(logits, targets, 0.25, 1.5).sum()
-  error = np.abs(flatten_levels(box_out, 4).numpy() -
-                 flatten_levels(labels["box_targets"], 4).numpy())
-  error = error.reshape(-1, 4)
-  huber = np.where(error <= 0.1, 0.5 * error**2, 0.1 * (error - 0.05))
-  huber = huber[targets > 0].sum()
-  np.testing.assert_allclose(losses["cls_loss"], focal / (positives + 1),
-                             rtol=1e-4)
-  np.testing.assert_allclose(losses["box_loss"],
-                             huber / (4 * (positives + 1)), rtol=1e-4)
-  np.testing.assert_allclose(
-      losses["total_loss"], losses["cls_loss"] + 50 * losses["box_loss"],
-      rtol=1e-6)
-  with pytest.raises(ValueError, match="expected 2 anchors x 4 classes"):
-    retinanet_losses(cls_out, box_out, labels, num_classes=4)
-
-
-def test_retinanet_losses_sum_over_replicas_equals_global_batch(
-    mirrored_strategy):
-  strategy = mirrored_strategy
-  rng = np.random.default_rng(2)
-  cls_out, box_out, labels = level_labels(rng, 2, num_classes=3)
-  full = retinanet_losses(cls_out, box_out, labels, num_classes=3)
-  split = lambda tree, i: tf.nest.map_structure(lambda t: t[i:i + 1], tree)
-
-  def per_replica(context):
-    i = context.replica_id_in_sync_group
-    return split((cls_out, box_out, labels), i)
-
-  values = strategy.experimental_distribute_values_from_function(per_replica)
-
-  @tf.function
-  def run(global_normalizer):
-    def step(inputs):
-      return retinanet_losses(*inputs, num_classes=3,
-                              global_normalizer=global_normalizer)
-    result = strategy.run(step, args=(values,))
-    return {k: strategy.reduce("SUM", v, axis=None)
-            for k, v in result.items()}
-
-  summed = run(True)
-  for key in full:
-    np.testing.assert_allclose(summed[key], full[key], rtol=1e-5)
-  local = run(False)  # per-replica normalisers: not the global-batch loss
-  assert abs(float(local["cls_loss"]) - float(full["cls_loss"])) > 1e-4
 
 
 # ------------------------------------------------------ end-to-end training

@@ -1,4 +1,7 @@
-"""SegmentationTask: loss normalisation, eval outputs, the VOC schedule."""
+"""SegmentationTask: eval outputs, the VOC schedule.
+
+The loss is tested in tests/modeling/test_losses.py.
+"""
 
 import os
 
@@ -14,46 +17,6 @@ from official.tasks import segmentation
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
-
-
-def cross_entropy(logits, label):
-  logits = np.asarray(logits, np.float64)
-  return np.log(np.exp(logits).sum()) - logits[label]
-
-
-def test_loss_is_the_mean_over_valid_pixels():
-  logits = np.array([[[[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]],
-                      [[0.0, 3.0, 0.0], [1.0, 1.0, 1.0]]]], np.float32)
-  labels = np.array([[[0, 2], [255, 1]]])
-  expected = np.mean([cross_entropy(logits[0, 0, 0], 0),
-                      cross_entropy(logits[0, 0, 1], 2),
-                      cross_entropy(logits[0, 1, 1], 1)])
-  loss = segmentation.segmentation_loss(logits, labels, 3)
-  assert float(loss) == pytest.approx(expected, rel=1e-6)
-  nothing = segmentation.segmentation_loss(logits, np.full([1, 2, 2], 255), 3)
-  assert float(nothing) == 0.0
-
-
-def test_replica_shares_sum_to_the_global_mean(mirrored_strategy):
-  rng = np.random.default_rng(0)
-  logits = rng.normal(size=(2, 4, 4, 3)).astype(np.float32)
-  labels = rng.integers(0, 3, size=(2, 4, 4)).astype(np.int32)
-  labels[0, :3] = 255  # Replica 0 has 4 valid pixels, replica 1 has 16.
-  expected = segmentation.segmentation_loss(logits, labels, 3)
-
-  def per_replica(context):
-    i = context.replica_id_in_sync_group
-    return tf.constant(logits[i:i + 1]), tf.constant(labels[i:i + 1])
-
-  inputs = mirrored_strategy.experimental_distribute_values_from_function(
-      per_replica)
-  shares = mirrored_strategy.run(
-      tf.function(lambda x: segmentation.segmentation_loss(x[0], x[1], 3)),
-      args=(inputs,))
-  values = [float(v) for v in
-            mirrored_strategy.experimental_local_results(shares)]
-  assert values[0] != pytest.approx(values[1])
-  assert sum(values) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_eval_outputs_feed_the_miou_evaluator():

@@ -2,7 +2,9 @@
 
 import functools
 import json
+import logging
 
+import gin
 import keras
 import pytest
 import tensorflow as tf
@@ -117,3 +119,79 @@ def test_configuration_errors_name_the_setting(strategy, tmp_path):
   with pytest.raises(ValueError, match="Unknown mode 'tran'"):
     trainer_lib.run_experiment(toy_task.ToyTask(), "tran", str(tmp_path),
                                strategy)
+
+
+def _run_with_expectation(strategy, model_dir, declaration, mode):
+  """run_experiment on the toy task with `declaration` (gin text) bound."""
+  gin.clear_config()
+  with gin.unlock_config():
+    gin.parse_config(
+        "Trainer.train_epochs = 0.25\n"  # 2 steps of 8 of the 64 examples.
+        "Trainer.train_batch_size = 8\n"
+        "Trainer.steps_per_loop = 2\n"
+        "learning_rate_schedule.base_learning_rate = 0.1\n" + declaration)
+  try:
+    return trainer_lib.run_experiment(toy_task.ToyTask(), mode,
+                                      str(model_dir), strategy)
+  finally:
+    gin.clear_config()
+
+
+def test_final_evaluation_says_whether_the_expected_result_held(
+    strategy, tmp_path, caplog):
+  # The toy evaluator counts the valid examples: exactly the 20 eval
+  # examples (padding excluded), so this declaration must hold...
+  held = ("expected_result.metric = 'num_examples'\n"
+          "expected_result.value = 20.0\n"
+          "expected_result.comparison = 'within'\n"
+          "expected_result.source = 'ToyTask(num_eval_examples=20)'\n")
+  with caplog.at_level(logging.INFO):
+    result = _run_with_expectation(strategy, tmp_path / "held", held,
+                                   "train_and_eval")
+  line = ("Expected result held: num_examples = 20 within [20, 20] "
+          "(ToyTask(num_eval_examples=20)).")
+  assert line in caplog.text
+  verdict = result["expected_result"]
+  assert verdict["held"] is True and verdict["value"] == 20.0
+  with open(tmp_path / "held" / "eval_metrics.json") as f:
+    written = json.load(f)
+  assert written["expected_result"] == verdict
+  assert written["num_examples"] == 20.0 and written["step"] == 2
+
+  # ...and accuracy cannot exceed 1: this one fails, and says so without
+  # raising; an eval-only rerun checks the same declaration.
+  caplog.clear()
+  not_held = ("expected_result.metric = 'accuracy'\n"
+              "expected_result.value = 1.5\n"
+              "expected_result.tolerance = 0.25\n"
+              "expected_result.source = 'impossible'\n")
+  with caplog.at_level(logging.INFO):
+    result = _run_with_expectation(strategy, tmp_path / "held", not_held,
+                                   "eval")
+  verdict = result["expected_result"]
+  assert verdict["held"] is False and verdict["target"] == 1.5
+  assert (f"Expected result NOT held: accuracy = {verdict['value']:.4g}, "
+          "expected >= 1.25 (1.5 - 0.25) (impossible).") in caplog.text
+  with open(tmp_path / "held" / "eval_metrics.json") as f:
+    assert json.load(f)["expected_result"]["held"] is False
+
+
+def test_a_misnamed_metric_or_comparison_is_reported(strategy, tmp_path,
+                                                     caplog):
+  with pytest.raises(ValueError, match="expected_result.comparison='>'"):
+    _run_with_expectation(strategy, tmp_path, "expected_result.metric = 'x'\n"
+                          "expected_result.value = 1.0\n"
+                          "expected_result.comparison = '>'\n"
+                          "expected_result.source = 's'\n", "train")
+  with caplog.at_level(logging.INFO):
+    result = _run_with_expectation(
+        strategy, tmp_path, "expected_result.metric = 'AP'\n"
+        "expected_result.value = 0.5\nexpected_result.source = 's'\n"
+        "Trainer.max_train_steps = 1\n", "train_and_eval")
+  verdict = result["expected_result"]
+  assert verdict["held"] is False and verdict["value"] is None
+  assert verdict["shortened"] and verdict["schedule_steps"] == 2
+  assert ("Expected result NOT held: AP was not reported (reported: "
+          "accuracy, cross_entropy, num_examples, total_loss), expected "
+          ">= 0.5 (s); evaluated at step 1 of the 2-step schedule, so the "
+          "run was shortened.") in caplog.text

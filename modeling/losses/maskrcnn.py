@@ -1,4 +1,7 @@
-"""Mask R-CNN losses: RPN, Fast R-CNN and mask terms (REFERENCE §4).
+"""Mask R-CNN losses: RPN, Fast R-CNN and mask terms.
+
+He et al., "Mask R-CNN" (2017), Sec. 3 (L = L_cls + L_box + L_mask) with
+the RPN terms of Ren et al., "Faster R-CNN" (2015), Sec. 3.1.2.
 
 Terms (the public SpineNet / Model Garden Mask R-CNN, all weights 1):
 - rpn_score_loss: sigmoid cross-entropy of the objectness logits over the
@@ -32,25 +35,17 @@ with few positives does not weigh as much as one with many.
 
 import tensorflow as tf
 
-from modeling.models.retinanet_losses import global_sum
+from modeling.losses.elementwise import huber
+from modeling.losses.normalizers import global_count
 from modeling.ops.anchors import flatten_levels
 
 LOSS_NAMES = ("rpn_score_loss", "rpn_box_loss", "frcnn_class_loss",
               "frcnn_box_loss", "mask_loss")
 
 
-def huber(errors, delta):
-  """Elementwise Huber loss: 0.5 e^2 for |e| <= delta, else delta (|e| - delta / 2)."""
-  errors = tf.abs(errors)
-  quadratic = tf.minimum(errors, delta)
-  return 0.5 * quadratic ** 2 + delta * (errors - quadratic)
-
-
 def _count(mask, global_normalizer):
-  count = tf.reduce_sum(tf.cast(mask, tf.float32))
-  if global_normalizer:
-    count = global_sum(count)
-  return tf.maximum(tf.stop_gradient(count), 1.0)
+  """Global count of `mask`, floored at 1 (module docstring)."""
+  return tf.maximum(global_count(mask, global_normalizer), 1.0)
 
 
 def _check_levels(scores, boxes, score_targets, box_targets):

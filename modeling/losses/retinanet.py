@@ -1,59 +1,30 @@
-"""RetinaNet losses: sigmoid focal loss and Huber box loss (REFERENCE §4).
+"""RetinaNet losses: sigmoid focal loss and Huber box loss.
 
+Lin et al., "Focal Loss for Dense Object Detection" (2017), Sec. 4 and 5.1.
 Class convention (shared with the labeler and the post-processing): logits
-have num_classes columns and column c is class id c; column 0 is background.
-A target t >= 1 is the one-hot row of column t; background (t = 0) is an
-all-zero row, i.e. the focal loss runs over columns 1..C-1 only and column 0
-is dropped (it gets no gradient and is never output). This is the focal loss
-paper's formulation (K binary classifiers, background = all negative). Model
-Garden and the TPU repository instead train column 0 as a "background"
-classifier (one_hot(0) for negatives); with the same label the other columns
-see the same loss either way.
+have num_classes columns and column c is class id c; column 0 is background
+and takes no part in the focal loss (modeling/losses/elementwise.py). This
+is the paper's formulation (K binary classifiers, background = all
+negative). Model Garden and the TPU repository instead train column 0 as a
+"background" classifier (one_hot(0) for negatives); with the same label the
+other columns see the same loss either way.
 
-Normalisation: RetinaNet divides by the number of positive anchors + 1. Here
-the count is over the whole *global* batch: each replica counts its
-positives, the counts are summed over replicas (all_reduce), and each
-replica returns its local loss sums divided by that global normaliser. So the
-losses summed over replicas equal the loss of the global batch on one device,
-whatever the replica count (the Task contract in official/core/task.py).
-(Model Garden normalises by each replica's own count and averages the
-replicas: the same in expectation, not identical.) The box loss is the Huber
-sum over the 4 coordinates of the positives divided by 4 x normaliser (the
-mean over coordinates, as the Model Garden and TPU code do); box_loss_weight
-= 50 was tuned for that convention.
+Normalisation: RetinaNet divides by the number of positive anchors + 1
+(paper Sec. 4, "Focal Loss": normalised by the number of anchors assigned
+to a ground-truth box; the + 1 keeps a batch without positives finite). The
+count is over the whole *global* batch
+(modeling/losses/normalizers.py), so the losses summed over replicas equal
+the loss of the global batch on one device. The box loss is the Huber sum
+over the 4 coordinates of the positives divided by 4 x normaliser (the mean
+over coordinates, as the Model Garden and TPU code do); box_loss_weight = 50
+was tuned for that convention.
 """
 
 import tensorflow as tf
 
+from modeling.losses.elementwise import focal_loss, huber
+from modeling.losses.normalizers import global_count
 from modeling.ops.anchors import flatten_levels
-
-
-def focal_loss(logits, targets, alpha=0.25, gamma=1.5):
-  """Sigmoid focal loss per anchor, summed over the class columns.
-
-  Args:
-    logits: float [..., C] class logits; column 0 is background and unused.
-    targets: int [...] in -1..C-1: class id, 0 = background (all-zero target
-      row), -1 = ignored (loss 0).
-    alpha: weight of the positive term (1 - alpha for the negatives).
-    gamma: focusing exponent.
-  Returns:
-    float32 [...], the loss of each anchor (not normalised).
-  """
-  logits = tf.cast(logits, tf.float32)
-  targets = tf.cast(targets, tf.int32)
-  num_classes = logits.shape[-1]
-  # one_hot of -1 (background) and -2 (ignored) is an all-zero row.
-  labels = tf.one_hot(targets - 1, num_classes - 1, dtype=tf.float32)
-  x = logits[..., 1:]
-  # s = -x for a positive column, x for a negative one; then
-  # cross entropy = softplus(s) and 1 - p_t = sigmoid(s), both stable.
-  s = (1.0 - 2.0 * labels) * x
-  cross_entropy = tf.nn.softplus(s)
-  modulator = tf.exp(gamma * tf.math.log_sigmoid(s))
-  alpha_t = labels * alpha + (1.0 - labels) * (1.0 - alpha)
-  loss = tf.reduce_sum(alpha_t * modulator * cross_entropy, axis=-1)
-  return tf.where(targets >= 0, loss, 0.0)
 
 
 def huber_box_loss(deltas, targets, positive, delta=0.1):
@@ -68,23 +39,9 @@ def huber_box_loss(deltas, targets, positive, delta=0.1):
   Returns:
     float32 [...], the loss of each anchor (not normalised).
   """
-  error = tf.abs(tf.cast(deltas, tf.float32) - tf.cast(targets, tf.float32))
-  quadratic = tf.minimum(error, delta)
-  huber = 0.5 * quadratic ** 2 + delta * (error - quadratic)
-  return tf.where(tf.cast(positive, tf.bool), tf.reduce_sum(huber, -1), 0.0)
-
-
-def global_sum(value):
-  """Sums a float32 value over all replicas when in a multi-replica context.
-
-  In a replica context (inside strategy.run) with more than one replica this
-  is an all_reduce; otherwise (one device, or cross-replica context) the
-  value itself.
-  """
-  context = tf.distribute.get_replica_context()
-  if context is not None and context.num_replicas_in_sync > 1:
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
-  return value
+  errors = tf.cast(deltas, tf.float32) - tf.cast(targets, tf.float32)
+  return tf.where(tf.cast(positive, tf.bool),
+                  tf.reduce_sum(huber(errors, delta), -1), 0.0)
 
 
 def _levels(name, tensors):
@@ -149,10 +106,7 @@ def retinanet_losses(cls_outputs, box_outputs, labels, num_classes,
   box_targets = flatten_levels(box_targets, 4)
   positive = targets > 0
 
-  num_positives = tf.reduce_sum(tf.cast(positive, tf.float32))
-  if global_normalizer:
-    num_positives = global_sum(num_positives)
-  normalizer = tf.stop_gradient(num_positives) + 1.0
+  normalizer = global_count(positive, global_normalizer) + 1.0
 
   cls_loss = tf.reduce_sum(focal_loss(logits, targets, alpha, gamma))
   box_loss = tf.reduce_sum(huber_box_loss(deltas, box_targets, positive,

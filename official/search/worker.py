@@ -1,0 +1,144 @@
+"""A search worker: asks the Vizier service for trials and runs them.
+
+The worker is a Vizier client with a stable id (e.g. `worker-0`). Each round:
+
+1. Its ACTIVE trial, if the service holds one for this id (a worker killed
+   mid-trial and started again), else a new suggestion; none once the study
+   has `num_trials` trials.
+2. The trial runs through trial_runner.run_trial in SEARCH_DIR/trials/<id>
+   (resuming from the trial's checkpoint when it was started before).
+3. The result goes to the trial's metadata (worker, wall seconds, metrics)
+   and the trial is completed: with the reward, or as infeasible with the
+   reason. A completed trial is never handed out again, so none runs twice.
+
+Only the client side of Vizier is used; the settings (proxy gin files,
+metric, trainer) come from the study, so every worker trains alike.
+"""
+
+import json
+import os
+
+from absl import logging
+
+from official.search import engine
+from official.search import trial_runner
+
+PID_DIR = "workers"
+
+
+def pid_path(search_dir, client_id):
+  return os.path.join(search_dir, PID_DIR, f"{client_id}.json")
+
+
+def worker_alive(search_dir, client_id):
+  """True when a worker process with this id is running (per its pid file)."""
+  record = engine.read_json(pid_path(search_dir, client_id))
+  if not record:
+    return False
+  try:
+    with open(f"/proc/{int(record['pid'])}/cmdline", "rb") as f:
+      cmdline = f.read().decode(errors="replace")
+  except OSError:
+    return False
+  return "official.search" in cmdline and client_id in cmdline
+
+
+def _my_active_trial(study, client_id):
+  from vizier.service import pyvizier as vz  # pylint: disable=g-import-not-at-top
+  for trial in study.trials().get():
+    if (trial.status == vz.TrialStatus.ACTIVE and
+        trial.assigned_worker == client_id):
+      return trial.id
+  return None
+
+
+def next_trial(study, client_id, num_trials):
+  """The id of the trial this worker runs next, or None when the study is full.
+
+  Its own ACTIVE trial comes first (whatever num_trials says: it was handed
+  out). Otherwise a new suggestion, unless the study already has num_trials
+  trials. Two workers may ask at the same moment for the last slot; the
+  suggestion whose id is above num_trials is deleted unrun (ids are given in
+  order under the service's lock), so a study never exceeds num_trials.
+  """
+  active = engine.retry(lambda: _my_active_trial(study, client_id),
+                        "listing trials")
+  if active is not None:
+    return active
+  count = engine.retry(lambda: len(list(study.trials().get())),
+                       "counting trials")
+  if count >= num_trials:
+    return None
+  trials = engine.retry(lambda: study.suggest(count=1, client_id=client_id),
+                        "a suggestion")
+  if not trials:
+    return None
+  trial = trials[0]
+  if trial.id > num_trials:
+    engine.retry(trial.delete, "deleting a surplus suggestion")
+    return None
+  return trial.id
+
+
+def run_worker(search_dir, endpoint, client_id, num_trials, timeout_s=None):
+  """Runs trials until the study has num_trials trials; returns how many ran.
+
+  Args:
+    search_dir: str; trials train in SEARCH_DIR/trials/<id>.
+    endpoint: "host:port" of the Vizier service.
+    client_id: str, this worker's stable Vizier client id.
+    num_trials: int, size of the study.
+    timeout_s: optional per-trial limit in seconds.
+
+  Raises:
+    RuntimeError: the study does not exist, or the service stayed away.
+  """
+  engine.connect(endpoint)
+  os.makedirs(os.path.join(search_dir, PID_DIR), exist_ok=True)
+  engine.write_json_atomic(pid_path(search_dir, client_id),
+                           {"pid": os.getpid(), "endpoint": endpoint})
+  study = engine.retry(engine.load_study, "loading the study")
+  if study is None:
+    raise RuntimeError(f"The service at {endpoint} has no search study; start "
+                       "it with python -m official.search --role=service.")
+  settings = engine.study_settings(
+      engine.retry(study.materialize_study_config, "reading the study"))
+  ran = 0
+  while True:
+    trial_id = next_trial(study, client_id, num_trials)
+    if trial_id is None:
+      logging.info("%s: the study has %d trials; stopping.", client_id,
+                   num_trials)
+      return ran
+    trial = engine.retry(lambda: study.get_trial(trial_id), "reading a trial")
+    info = engine.trial_info(
+        engine.retry(trial.materialize, "reading a trial"))
+    trial_dir = os.path.join(os.path.abspath(search_dir), "trials",
+                             str(trial_id))
+    logging.info("%s: trial %d%s in %s", client_id, trial_id,
+                 f" (seed {info['seed_name']})" if "seed_name" in info else "",
+                 trial_dir)
+    result = trial_runner.run_trial(trial_dir, settings, info["gin_bindings"],
+                                    timeout_s=timeout_s)
+    _report(trial, client_id, trial_dir, result)
+    logging.info("%s: trial %d %s, reward %s (%.0f s)", client_id, trial_id,
+                 result.status, result.reward, result.wall_seconds)
+    ran += 1
+
+
+def _report(trial, client_id, trial_dir, result):
+  from vizier.service import pyvizier as vz  # pylint: disable=g-import-not-at-top
+  md = vz.Metadata()
+  values = {"worker": client_id, "wall_seconds": result.wall_seconds,
+            "attempts": result.attempts, "metrics": result.metrics,
+            "metric": result.metric, "model_dir": trial_dir}
+  for key, value in values.items():
+    md.ns(engine.NAMESPACE)[key] = json.dumps(value)
+  engine.retry(lambda: trial.update_metadata(md), "saving trial metadata")
+  if result.status == "completed":
+    measurement = vz.Measurement({engine.METRIC: result.reward},
+                                 elapsed_secs=result.wall_seconds)
+    engine.retry(lambda: trial.complete(measurement), "completing a trial")
+  else:
+    engine.retry(lambda: trial.complete(infeasible_reason=result.reason),
+                 "completing a trial")
