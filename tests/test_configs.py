@@ -17,6 +17,8 @@ def _files(pattern):
 
 
 EXPERIMENTS = _files("experiments/**/*.gin")
+# The search proxies are experiments too: every trial trains one.
+SEARCH_PROXIES = _files("search/*.gin")
 BACKBONES = _files("backbones/*.gin")
 ABLATIONS = _files("backbones/ablations/*.gin")
 PROTOCOLS = _files("protocols/*.gin")
@@ -46,9 +48,10 @@ def build(files, params=()):
 
 def test_config_tree_is_not_empty():
   assert len(EXPERIMENTS) >= 10 and len(BACKBONES) >= 7 and ABLATIONS
+  assert SEARCH_PROXIES
 
 
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("experiment", EXPERIMENTS + SEARCH_PROXIES)
 def test_experiment_builds(experiment):
   model = build([experiment])
   assert model.count_params() > 0

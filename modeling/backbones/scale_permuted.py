@@ -86,33 +86,32 @@ def parse_block_specs(block_specs, num_init_blocks=2, min_level=3,
   specs = []
   output_entry = {}
   for i, entry in enumerate(block_specs):
-    where = f"block_specs[{i}] {tuple(entry)!r}"
     if len(entry) != 4:
-      raise ValueError(f"{where}: expected (level, block_fn, parent offsets, "
+      raise ValueError(f"{_where(i, entry)}: expected (level, block_fn, parent offsets, "
                        f"is_output), got {len(entry)} fields.")
     level, block_fn, offsets, is_output = entry
     if isinstance(level, bool) or not isinstance(level, int) or not (
         1 <= level <= 7):
-      raise ValueError(f"{where}: level {level!r} is outside 1..7.")
+      raise ValueError(f"{_where(i, entry)}: level {level!r} is outside 1..7.")
     if block_fn not in allowed:
-      raise ValueError(f"{where}: unknown block type {block_fn!r}; expected "
+      raise ValueError(f"{_where(i, entry)}: unknown block type {block_fn!r}; expected "
                        f"one of {sorted(allowed)}.")
     offsets = tuple(offsets) if isinstance(offsets, (list, tuple)) else (
         offsets,)
     if not offsets:
-      raise ValueError(f"{where}: a block needs at least one parent offset.")
+      raise ValueError(f"{_where(i, entry)}: a block needs at least one parent offset.")
     last_offset = num_init_blocks + i - 1
     for offset in offsets:
       if (isinstance(offset, bool) or not isinstance(offset, int) or
           not 0 <= offset <= last_offset):
         raise ValueError(
-            f"{where}: parent offset {offset!r} is out of range; block {i + 1} "
+            f"{_where(i, entry)}: parent offset {offset!r} is out of range; block {i + 1} "
             f"may only take the {num_init_blocks} stem blocks and the blocks "
             f"before it (offsets 0..{last_offset}).")
     if is_output:
       if level in output_entry:
         raise ValueError(
-            f"{where}: duplicate output level {level}; block_specs"
+            f"{_where(i, entry)}: duplicate output level {level}; block_specs"
             f"[{output_entry[level]}] is already the level-{level} output.")
       output_entry[level] = i
     specs.append(BlockSpec(level, block_fn, offsets, bool(is_output)))
@@ -123,6 +122,12 @@ def parse_block_specs(block_specs, num_init_blocks=2, min_level=3,
         f"{min_level}..{max_level} each need one (outputs at levels "
         f"{sorted(output_entry)}).")
   return specs
+
+
+def _where(index, entry):
+  """Names a block-spec entry in errors (formatted only when one is raised:
+  a search validates hundreds of thousands of specs)."""
+  return f"block_specs[{index}] {tuple(entry)!r}"
 
 
 def check_input_size(image_size, max_level):

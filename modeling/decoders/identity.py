@@ -7,6 +7,7 @@ dict it is built for, and the levels it needs from it.
 import keras
 
 from modeling.decoders.registry import register_decoder
+from modeling.levels import require_levels
 
 
 def parse_input_specs(input_specs, decoder):
@@ -41,14 +42,6 @@ def parse_input_specs(input_specs, decoder):
   return dict(sorted(specs.items()))
 
 
-def describe_levels(levels):
-  """'3..7' for a contiguous list, else the list itself."""
-  levels = sorted(levels)
-  if levels == list(range(levels[0], levels[-1] + 1)):
-    return f"{levels[0]}..{levels[-1]}"
-  return str(levels)
-
-
 def check_levels(decoder, needed, available, min_level, max_level):
   """Raises ValueError naming both level ranges if a needed level is missing.
 
@@ -61,13 +54,11 @@ def check_levels(decoder, needed, available, min_level, max_level):
   if min_level > max_level:
     raise ValueError(f"{decoder}: impossible level range min_level="
                      f"{min_level} > max_level={max_level}.")
-  missing = [level for level in needed if level not in available]
-  if missing:
-    raise ValueError(
-        f"{decoder} outputs levels {min_level}..{max_level} and needs backbone "
-        f"level(s) {describe_levels(needed)} as input, but the backbone "
-        f"provides levels {describe_levels(available)} (missing: {missing}). "
-        "Make the decoder's min_level/max_level agree with the backbone's.")
+  require_levels(
+      available, needed,
+      f"{decoder} outputs levels {min_level}..{max_level} and needs backbone",
+      "the backbone provides",
+      ". Make the decoder's min_level/max_level agree with the backbone's.")
 
 
 def make_inputs(specs):

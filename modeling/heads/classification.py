@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from modeling.heads.registry import register_head
 from modeling.layers.resampling import nearest_resize
+from modeling.levels import require_levels
 
 
 @register_head("classification")
@@ -39,10 +40,8 @@ class ClassificationHead(keras.layers.Layer):
 
   def _selected(self, features):
     levels = self.levels or sorted(features, key=int)
-    missing = [l for l in levels if l not in features]
-    if missing:
-      raise ValueError(f"{self.name}: levels {missing} requested but the "
-                       f"features have levels {sorted(features, key=int)}.")
+    require_levels(features, levels, f"{self.name}: the head pools",
+                   "the features have", ".")
     return [features[l] for l in levels]
 
   def build(self, input_shape):

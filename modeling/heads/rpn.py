@@ -29,6 +29,7 @@ from modeling.heads.tower import ConvTower
 from modeling.heads.registry import register_head
 from modeling.layers import activations
 from modeling.layers.tracking import tracked_list
+from modeling.levels import require_levels
 
 
 @register_head("rpn")
@@ -108,12 +109,8 @@ class RPNHead(keras.layers.Layer):
     if not isinstance(shapes, dict):
       raise ValueError(f"{self.name}: expected a dict str(level) -> features, "
                        f"got {type(shapes).__name__}.")
-    missing = [l for l in self.levels if l not in shapes]
-    if missing:
-      raise ValueError(
-          f"{self.name}: the RPN predicts on levels {self.min_level}.."
-          f"{self.max_level} but the features have levels "
-          f"{sorted(shapes, key=int)} (missing {missing}).")
+    require_levels(shapes, self.levels, f"{self.name}: the RPN predicts on",
+                   "the features have", ".")
     for level in self.levels:
       if len(tuple(shapes[level])) != 4:
         raise ValueError(f"{self.name}: level {level} features must be "

@@ -25,6 +25,7 @@ from modeling.heads.registry import register_head
 from modeling.layers import activations
 from modeling.layers.resampling import nearest_resize
 from modeling.layers.tracking import tracked_list
+from modeling.levels import require_levels
 
 
 def average_levels(features, levels):
@@ -120,12 +121,8 @@ class SegmentationHead(keras.layers.Layer):
     if not isinstance(shapes, dict):
       raise ValueError(f"{self.name}: expected a dict str(level) -> features, "
                        f"got {type(shapes).__name__}.")
-    missing = [l for l in self.levels if l not in shapes]
-    if missing:
-      raise ValueError(
-          f"{self.name}: the head averages levels {self.min_level}.."
-          f"{self.max_level} but the features have levels "
-          f"{sorted(shapes, key=int)} (missing {missing}).")
+    require_levels(shapes, self.levels, f"{self.name}: the head averages",
+                   "the features have", ".")
     widths = {tuple(shapes[l])[-1] for l in self.levels}
     if len(widths) != 1:
       raise ValueError(f"{self.name}: levels {self.min_level}.."

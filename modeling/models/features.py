@@ -7,13 +7,7 @@ is an error at build time that names both ranges, not a KeyError later.
 
 import keras
 
-
-def describe_levels(levels):
-  """"3..7" for a contiguous range, else the sorted list."""
-  levels = sorted(int(l) for l in levels)
-  if levels and levels == list(range(levels[0], levels[-1] + 1)):
-    return f"{levels[0]}..{levels[-1]}"
-  return str(levels)
+from modeling.levels import require_levels
 
 
 def multilevel_features(backbone, decoder, model_name, why_static):
@@ -53,9 +47,6 @@ def check_levels(features, levels, consumer, source):
     consumer: what reads them ("RetinaNet: the head predicts on").
     source: "backbone" or "decoder".
   """
-  missing = [l for l in levels if l not in features]
-  if missing:
-    raise ValueError(
-        f"{consumer} levels {describe_levels(levels)} but the {source} "
-        f"outputs levels {describe_levels(features)} (missing {missing}); "
-        f"make the head's min_level/max_level agree with the {source}'s.")
+  require_levels(features, levels, consumer, f"the {source} outputs",
+                 f"; make the head's min_level/max_level agree with the "
+                 f"{source}'s.")

@@ -246,6 +246,12 @@ def suggestion(space, decisions, seed_name=None):
   md = vz.Metadata()
   info = {"decisions": decisions, "architecture": architecture,
           "gin_bindings": bindings}
+  # A space may refuse to train an architecture it can still express (the
+  # resource space: multiply-adds outside +-10% of the target); the worker
+  # then completes the trial infeasible with this reason, untrained.
+  refusal = space.infeasibility(architecture)
+  if refusal is not None:
+    info["refused"] = refusal
   if seed_name:
     info["seed_name"] = seed_name
   for key, value in info.items():

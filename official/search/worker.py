@@ -118,8 +118,14 @@ def run_worker(search_dir, endpoint, client_id, num_trials, timeout_s=None):
     logging.info("%s: trial %d%s in %s", client_id, trial_id,
                  f" (seed {info['seed_name']})" if "seed_name" in info else "",
                  trial_dir)
-    result = trial_runner.run_trial(trial_dir, settings, info["gin_bindings"],
-                                    timeout_s=timeout_s)
+    if "refused" in info:
+      result = trial_runner.TrialResult(
+          status="infeasible", reward=None,
+          reason=f"not trained: {info['refused']}", metrics={},
+          wall_seconds=0.0, attempts=0)
+    else:
+      result = trial_runner.run_trial(trial_dir, settings,
+                                      info["gin_bindings"], timeout_s=timeout_s)
     _report(trial, client_id, trial_dir, result)
     logging.info("%s: trial %d %s, reward %s (%.0f s)", client_id, trial_id,
                  result.status, result.reward, result.wall_seconds)

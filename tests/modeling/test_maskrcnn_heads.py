@@ -137,7 +137,7 @@ def test_rpn_missing_levels_error_names_present_and_expected():
   head = RPNHead(min_level=3, max_level=5, num_anchors_per_location=3)
   features = {"3": tf.zeros((1, 8, 8, 4)), "5": tf.zeros((1, 2, 2, 4))}
   with pytest.raises(ValueError, match=r"levels 3..5 but the features have "
-                     r"levels \['3', '5'\] \(missing \['4'\]\)"):
+                     r"levels \[3, 5\] \(missing \['4'\]\)"):
     head(features)
   with pytest.raises(ValueError, match="same, known width"):
     RPNHead(**RPN)({"3": tf.zeros((1, 8, 8, 4)), "4": tf.zeros((1, 4, 4, 8))})

@@ -81,7 +81,8 @@ def finished(study):
 
 def test_two_workers_run_the_study_and_outputs_are_written(tmp_path):
   study_settings = settings()
-  server, study = start(tmp_path, study_settings, seeds=["first", "broken"])
+  server, study = start(tmp_path, study_settings,
+                        seeds=["first", "broken", "refused"])
   try:
     workers = [spawn_worker(tmp_path, server.endpoint, k, 6) for k in (0, 1)]
     for w in workers:
@@ -99,6 +100,12 @@ def test_two_workers_run_the_study_and_outputs_are_written(tmp_path):
   assert records[1]["seed_name"] == "broken"
   assert records[1]["status"] == "infeasible"
   assert "NaN" in records[1]["reason"] and records[1]["reward"] is None
+  # Refused by the space: reported infeasible with its reason, never trained.
+  assert records[2]["seed_name"] == "refused"
+  assert records[2]["status"] == "infeasible"
+  assert records[2]["reason"] == "not trained: over the tiny budget"
+  assert records[2]["wall_seconds"] == 0
+  assert not (tmp_path / "trials" / "3").exists()
   assert {r["worker"] for r in records} <= {"worker-0", "worker-1"}
   for r in records:
     if r["status"] == "completed":

@@ -18,6 +18,9 @@ import numpy as np
 from official.search import base
 
 BROKEN = [1, 0, 1]
+# The space refuses to train this one (as the resource space refuses samples
+# outside its FLOPs budget): the worker completes it infeasible, untrained.
+REFUSED = [2, 0, 2]
 
 
 def expected_reward(decisions):
@@ -53,9 +56,15 @@ class TinySpace(base.SearchSpace):
   def log10_size(self):
     return float(np.log10(18))
 
+  def infeasibility(self, architecture):
+    if architecture["decisions"] == REFUSED:
+      return "over the tiny budget"
+    return None
+
   def known_architectures(self):
     return {"first": {"decisions": [0, 1, 0]},
-            "broken": {"decisions": BROKEN}}
+            "broken": {"decisions": BROKEN},
+            "refused": {"decisions": REFUSED}}
 
 
 class TinyController(base.Controller):
@@ -71,7 +80,7 @@ class TinyController(base.Controller):
       out = []
       for _ in range(self.space.num_decisions()):
         out.append(int(rng.choice(self.space.valid_options(out))))
-      if out != BROKEN:
+      if out not in (BROKEN, REFUSED):
         return out
 
   def update(self, decisions, reward):
