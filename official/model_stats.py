@@ -23,12 +23,20 @@ from official import registry
 from official.core import expectations
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("gin_file", [], "Gin files, applied in order.")
-flags.DEFINE_multi_string("gin_param", [], "Gin bindings, applied last.")
-flags.DEFINE_integer("image_size", None, "Override the task's square input size.")
-flags.DEFINE_bool("json", False, "Print one JSON object.")
-flags.DEFINE_bool("table", False,
-                  "Print every registered variant beside the published numbers.")
+
+
+def define_flags():
+  """The command's flags, defined only when it runs as a command: the
+  library functions below (declarations, published_sizes) are imported by
+  code that defines its own --gin_file."""
+  flags.DEFINE_multi_string("gin_file", [], "Gin files, applied in order.")
+  flags.DEFINE_multi_string("gin_param", [], "Gin bindings, applied last.")
+  flags.DEFINE_integer("image_size", None,
+                       "Override the task's square input size.")
+  flags.DEFINE_bool("json", False, "Print one JSON object.")
+  flags.DEFINE_bool(
+      "table", False,
+      "Print every registered variant beside the published numbers.")
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -172,5 +180,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   logging.set_verbosity(logging.WARNING)
   sys.exit(app.run(main))

@@ -145,7 +145,7 @@ def test_final_evaluation_says_whether_the_expected_result_held(
           "expected_result.value = 20.0\n"
           "expected_result.comparison = 'within'\n"
           "expected_result.source = 'ToyTask(num_eval_examples=20)'\n")
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger="absl"):
     result = _run_with_expectation(strategy, tmp_path / "held", held,
                                    "train_and_eval")
   line = ("Expected result held: num_examples = 20 within [20, 20] "
@@ -165,7 +165,7 @@ def test_final_evaluation_says_whether_the_expected_result_held(
               "expected_result.value = 1.5\n"
               "expected_result.tolerance = 0.25\n"
               "expected_result.source = 'impossible'\n")
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger="absl"):
     result = _run_with_expectation(strategy, tmp_path / "held", not_held,
                                    "eval")
   verdict = result["expected_result"]
@@ -183,7 +183,7 @@ def test_a_misnamed_metric_or_comparison_is_reported(strategy, tmp_path,
                           "expected_result.value = 1.0\n"
                           "expected_result.comparison = '>'\n"
                           "expected_result.source = 's'\n", "train")
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger="absl"):
     result = _run_with_expectation(
         strategy, tmp_path, "expected_result.metric = 'AP'\n"
         "expected_result.value = 0.5\nexpected_result.source = 's'\n"
