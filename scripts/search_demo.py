@@ -32,7 +32,7 @@ def main():
   parser.add_argument("--num_trials", type=int, default=8)
   parser.add_argument("--controller", default="evolution")
   parser.add_argument("--port", type=int, default=16006)
-  parser.add_argument("--tolerance", type=float, default=0.05)
+  parser.add_argument("--tolerance", type=float, default=0.01)
   args = parser.parse_args()
   search_dir = os.path.abspath(args.search_dir)
   os.makedirs(search_dir, exist_ok=True)

@@ -77,7 +77,9 @@ _DECLARED_COST = re.compile(r"^#\s*search_seconds_per_trial:\s*([0-9.]+)(.*)$",
 
 
 def _fail(message):
-  raise app.UsageError(message)
+  # The message alone, last on the screen (app.UsageError would print the
+  # whole usage text around it); exit status 1.
+  sys.exit(f"official.search: {message}")
 
 
 def declared_seconds_per_trial(gin_files):
@@ -103,6 +105,11 @@ def _fmt_duration(seconds):
   return f"{seconds / 3600:.1f} h"
 
 
+def _rounds(trials, num_workers):
+  """Rounds of trials num_workers workers need (a trial is not split)."""
+  return -(-trials // max(num_workers, 1))
+
+
 def print_plan(space, settings, records, num_trials, num_workers):
   """Prints the space size and the estimated cost before starting."""
   try:
@@ -126,7 +133,8 @@ def print_plan(space, settings, records, num_trials, num_workers):
     total = num_trials * per_trial
     print(f"Estimated cost: {num_trials} trials x {per_trial:.0f} s per trial "
           f"= {_fmt_duration(total)} of worker time ({source}); "
-          f"{remaining} trials left, about {_fmt_duration(remaining * per_trial / num_workers)} "
+          f"{remaining} trials left, about "
+          f"{_fmt_duration(_rounds(remaining, num_workers) * per_trial)} "
           f"with {num_workers} worker(s).", flush=True)
   else:
     print(f"Estimated cost: unknown ({source}).", flush=True)
@@ -169,6 +177,7 @@ def _check_flags():
   if len(FLAGS.seed_architectures) > FLAGS.num_trials:
     _fail(f"--num_trials={FLAGS.num_trials} is less than the "
           f"{len(FLAGS.seed_architectures)} seed architectures.")
+  _check_gin(space)
   existing = engine.read_json(os.path.join(FLAGS.search_dir, engine.STUDY_FILE))
   if existing:
     try:
@@ -177,6 +186,30 @@ def _check_flags():
     except ValueError as e:
       _fail(str(e))
   return space
+
+
+def _check_gin(space):
+  """Parses the proxy with --gin_param and a candidate's bindings as a trial
+  will (skip_unknown=False), so a misspelt binding fails here, before the
+  study exists, instead of failing every trial and being stored with it."""
+  if FLAGS.trainer != "official.train":
+    return  # Another trainer's flags mean what it says they mean.
+  # pylint: disable=g-import-not-at-top
+  from official import registry  # Registers what the gin files name.
+  from official.core import gin_config
+  # pylint: enable=g-import-not-at-top
+  del registry
+  known = list(space.known_architectures().values())
+  candidate = list(space.gin_bindings(known[0])) if known else []
+  try:
+    gin_config.parse_gin([trial_runner.resolve_gin_file(p)
+                          for p in FLAGS.gin_file],
+                         list(FLAGS.gin_param) + candidate, skip_unknown=False)
+  except Exception as e:  # pylint: disable=broad-except
+    # gin raises ValueError, KeyError, SyntaxError... all mean "bad config".
+    _fail(f"The trial configuration does not parse (--gin_file "
+          f"{list(FLAGS.gin_file)}, --gin_param {list(FLAGS.gin_param)}): "
+          f"{str(e).strip()}")
 
 
 def _study_trials(study):
@@ -206,13 +239,13 @@ def _spawn_workers(num_workers, endpoint):
   return procs
 
 
-def _progress_line(records, num_trials, num_workers):
-  last = records[-1]
+def _progress_line(records, last, num_trials, num_workers):
+  """The line for trial record `last`, newly finished among `records`."""
   done = [r for r in records if r["status"] == "completed"]
   best = outputs.best_record(records)
   walls = [r["wall_seconds"] for r in done if r.get("wall_seconds")]
-  eta = (max(num_trials - len(records), 0) * (sum(walls) / len(walls)) /
-         num_workers) if walls else None
+  eta = (_rounds(max(num_trials - len(records), 0), num_workers) *
+         (sum(walls) / len(walls))) if walls else None
   what = (f"reward {last['reward']:.4f}" if last["status"] == "completed"
           else f"INFEASIBLE ({last.get('reason')})")
   best_text = (f"best {best['reward']:.4f} (trial {best['trial_id']})"
@@ -267,14 +300,19 @@ def _serve(space, server, endpoint):
   if FLAGS.role == "all":
     procs = _spawn_workers(FLAGS.num_workers, server.endpoint)
   seen = len(records)
+  reported = {r["trial_id"] for r in records}
   while True:
     trials = _study_trials(study)
     finished = [t for t in trials if t.status == vz.TrialStatus.COMPLETED]
     if len(finished) != seen:
       records = outputs.write_outputs(search_dir, trials, settings)
       seen = len(records)
-      print(_progress_line(records, FLAGS.num_trials, FLAGS.num_workers),
-            flush=True)
+      # Trials finish out of id order: report each new one by its own id.
+      for record in records:
+        if record["trial_id"] not in reported:
+          reported.add(record["trial_id"])
+          print(_progress_line(records, record, FLAGS.num_trials,
+                               FLAGS.num_workers), flush=True)
     if seen >= FLAGS.num_trials:
       break
     if FLAGS.role == "all" and procs and all(

@@ -296,6 +296,11 @@ def start_service(search_dir, db_url=None, host="localhost", port=None,
     if port is None or not portpicker.is_port_free(port):
       port = portpicker.pick_unused_port()
   _, factory_cls = _designer_classes()
+  # gRPC's server logs every exception a handler raises with its traceback,
+  # and "study not found" is how a fresh search learns the study is new. The
+  # client gets each error as a status (and retry() reports it), so the
+  # server-side copy only alarms users.
+  std_logging.getLogger("grpc._server").setLevel(std_logging.CRITICAL)
   server = servers.DefaultVizierServer(
       host=host, database_url=db_url or database_url(search_dir), port=port,
       policy_factory=factory_cls(space_resolver, controller_resolver))

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -122,7 +123,11 @@ def failure_reason(returncode, log_path):
   except OSError:
     tail = ""
   lines = [l.strip() for l in tail.splitlines() if l.strip()]
-  last = lines[-1][:300] if lines else "(no output)"
+  # The message of the exception that ended the run (the last line that
+  # looks like "SomeError: ..."); absl and gin wrap it in frames and
+  # "In call to configurable ..." lines that name nothing useful.
+  errors = [l for l in lines if re.match(r"^[\w.]*(Error|Exception)\b.*:", l)]
+  last = (errors[-1] if errors else lines[-1] if lines else "(no output)")[:300]
   if "NonFiniteLossError" in tail or "loss became NaN" in tail:
     kind = "NaN/Inf loss"
   elif ("ResourceExhausted" in tail or "out of memory" in tail.lower() or

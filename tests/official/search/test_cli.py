@@ -79,3 +79,16 @@ def test_detection_search_on_synthetic_coco_through_official_train(tmp_path):
       search_dir / "best_block_specs.gin").read_text()
   assert (search_dir / "rewards.png").exists()
   assert "Search finished: 2 trials" in result.stdout
+
+
+def test_a_misspelt_gin_param_is_refused_before_the_study_exists(tmp_path):
+  """Otherwise every trial fails the same way and the typo is stored with
+  the study (a re-run with the fix would be refused as another study)."""
+  result = run_search(
+      "--space=mini", "--controller=random", f"--search_dir={tmp_path}",
+      "--num_trials=2", "--gin_file=configs/search/spinenet_mini_digits.gin",
+      "--gin_param=Trainer.train_epoch = 1")
+  assert result.returncode != 0
+  assert "does not parse" in result.stderr
+  assert "train_epoch" in result.stderr
+  assert not os.listdir(tmp_path)
