@@ -35,7 +35,8 @@ setuptools.setup(
         # Vizier. An unpinned google-vizier[jax] resolves a jax that fails at
         # import; this set installs and imports beside TensorFlow 2.21.
         "search": _SEARCH,
-        "test": ["pytest", "pytest-xdist", "importlib_resources",
-                 "nbclient", "nbformat", "ipykernel"] + _SEARCH,
+        "test": ["pytest", "pytest-xdist", "hypothesis>=6",
+                 "importlib_resources", "nbclient", "nbformat",
+                 "ipykernel"] + _SEARCH,
     },
 )

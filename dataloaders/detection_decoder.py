@@ -66,6 +66,28 @@ def _decode_masks(encoded_masks, height, width):
   return tf.reshape(masks, [-1, height, width])
 
 
+def image_bytes_check(encoded, source_id, what):
+  """Assert op: `encoded` starts as a JPEG, PNG, GIF or BMP file does.
+
+  tf.io.decode_image's own error for other bytes names no record; this one
+  gives the record's source id.
+
+  Args:
+    encoded: scalar tf.string, the encoded image.
+    source_id: scalar tf.string, named in the error.
+    what: str, the record kind for the message (e.g. "Detection record").
+  """
+  head = tf.strings.substr(encoded, 0, 8)
+  known = tf.reduce_any(tf.stack([
+      tf.strings.substr(head, 0, len(magic)) == magic
+      for magic in (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF8",
+                    b"BM")]))
+  return tf.debugging.Assert(
+      known, [f"{what} with source id", source_id, ": 'image/encoded' is "
+              "not a JPEG, PNG, GIF or BMP image (it starts with", head,
+              "); expected the image file's bytes."])
+
+
 def decode_detection_example(serialized, include_masks=False):
   """Decodes one serialized detection tf.Example.
 
@@ -90,17 +112,19 @@ def decode_detection_example(serialized, include_masks=False):
         [K, height, width], 0 or 1.
 
   Raises:
-    tf.errors.InvalidArgumentError (when run): when the box coordinates and
-      labels (and masks) do not all have K entries; the message gives the
-      source id.
+    tf.errors.InvalidArgumentError (when run): when image/encoded is not an
+      image file, or the box coordinates and labels (and masks) do not all
+      have K entries; the message gives the source id.
   """
   parsed = tf.io.parse_single_example(serialized, _features(include_masks))
-  image = tf.io.decode_image(parsed["image/encoded"], channels=3,
-                             expand_animations=False)
+  source_id = parsed["image/source_id"]
+  with tf.control_dependencies([image_bytes_check(
+      parsed["image/encoded"], source_id, "Detection record")]):
+    image = tf.io.decode_image(parsed["image/encoded"], channels=3,
+                               expand_animations=False)
   image = tf.ensure_shape(image, [None, None, 3])
   shape = tf.shape(image)
   height, width = shape[0], shape[1]
-  source_id = parsed["image/source_id"]
 
   coords = [_dense(parsed, key) for key in _BOX_KEYS]
   classes = tf.cast(_dense(parsed, "image/object/class/label"), tf.int32)

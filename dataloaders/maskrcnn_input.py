@@ -26,6 +26,10 @@ centres of a K x K grid laid over the transformed box, mapped back this way;
 samples within half a pixel of the image border take the border pixel's
 value. So no full-size mask is ever resized: the work is O(K * width) per
 instance.
+
+Faster R-CNN (`include_masks=False`) reads the same records, with or
+without masks, and gets the same labels without "gt_masks": the decoder
+then skips image/object/mask, so no mask is decoded.
 """
 
 import tensorflow as tf
@@ -126,7 +130,7 @@ class MaskRCNNParser(retinanet_input.RetinaNetParser):
                rpn_unmatched_threshold=0.3, rpn_batch_size_per_image=256,
                rpn_fg_fraction=0.5, mask_crop_size=112,
                skip_crowd_during_training=True, mean=IMAGENET_MEAN_RGB,
-               std=IMAGENET_STDDEV_RGB):
+               std=IMAGENET_STDDEV_RGB, include_masks=True):
     """Initialises the parser.
 
     Args:
@@ -140,6 +144,8 @@ class MaskRCNNParser(retinanet_input.RetinaNetParser):
       rpn_batch_size_per_image: anchors sampled per image (256).
       rpn_fg_fraction: largest share of positives among them (0.5).
       mask_crop_size: int, side K of each instance's ground-truth mask.
+      include_masks: False for Faster R-CNN: no instance masks are read or
+        output (no "gt_masks" label), so records without masks serve.
 
     Raises:
       ValueError: when an argument is out of range (see `RetinaNetParser`,
@@ -161,6 +167,7 @@ class MaskRCNNParser(retinanet_input.RetinaNetParser):
         rpn_match_threshold, rpn_unmatched_threshold,
         rpn_batch_size_per_image, rpn_fg_fraction)
     self.mask_crop_size = int(mask_crop_size)
+    self.include_masks = bool(include_masks)
 
   def _instance_masks(self, decoded, out):
     """float32 [M, K, K] masks of the kept instances, zeros as padding."""
@@ -184,7 +191,7 @@ class MaskRCNNParser(retinanet_input.RetinaNetParser):
     Args:
       decoded: dict of `decode_detection_example(..., include_masks=True)`
         (see `RetinaNetParser.transform`), with "groundtruth_instance_masks"
-        float32 [K, h, w].
+        float32 [K, h, w] (not read without include_masks).
       seed: optional [2] int32/int64 stateless seed (training); random when
         None. Evaluation uses a fixed seed for the RPN sampling.
 
@@ -204,17 +211,17 @@ class MaskRCNNParser(retinanet_input.RetinaNetParser):
         "gt_classes": int32 [M], class ids, 0 as padding.
         "gt_masks": float32 [M, K, K] in [0, 1], each instance's mask
           cropped to its own row of gt_boxes (see the module docstring),
-          0 as padding.
+          0 as padding; only with include_masks.
       and in evaluation also "groundtruths" (as `RetinaNetParser`).
       Crowd instances are left out of everything but "groundtruths" when
       skip_crowd_during_training.
 
     Raises:
-      KeyError: when `decoded` has no instance masks.
+      KeyError: when `decoded` has no instance masks (include_masks).
       tf.errors.InvalidArgumentError (when run): a class id outside
         [1, num_classes), naming the source_id.
     """
-    if "groundtruth_instance_masks" not in decoded:
+    if self.include_masks and "groundtruth_instance_masks" not in decoded:
       raise KeyError(
           "MaskRCNNParser: the decoded example has no "
           "'groundtruth_instance_masks'; decode with decode_detection_example"
@@ -236,8 +243,9 @@ class MaskRCNNParser(retinanet_input.RetinaNetParser):
         "rpn_box_targets": targets["box_targets"],
         "gt_boxes": out["boxes"],
         "gt_classes": out["classes"],
-        "gt_masks": self._instance_masks(decoded, out),
     }
+    if self.include_masks:
+      labels["gt_masks"] = self._instance_masks(decoded, out)
     if not self.training:
       labels["groundtruths"] = self._groundtruths(decoded)
     return out["image"], labels
@@ -249,7 +257,8 @@ def maskrcnn_dataset(file_pattern, training, global_batch_size, parser,
 
   Args:
     file_pattern: str, comma-separated TFRecord glob patterns of detection
-      records with instance masks (image/object/mask).
+      records with instance masks (image/object/mask; records without
+      them serve a parser built with include_masks=False).
     training: bool. True: shuffle, augment, repeat forever, drop the last
       partial batch. False: one pass in record order, the last batch padded.
     global_batch_size: int, batch size over all replicas.
@@ -280,6 +289,7 @@ def maskrcnn_dataset(file_pattern, training, global_batch_size, parser,
   if isinstance(parser, dict):
     parser = MaskRCNNParser(training=training, **parser)
   return retinanet_input.detection_dataset(
-      file_pattern, training, global_batch_size, parser, include_masks=True,
+      file_pattern, training, global_batch_size, parser,
+      include_masks=parser.include_masks,
       ignored_keys=("rpn_score_targets",), input_context=input_context,
       seed=seed, num_eval_examples=num_eval_examples)

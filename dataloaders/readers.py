@@ -53,7 +53,7 @@ def list_files(file_pattern):
       raise FileNotFoundError(
           f"No files match the TFRecord pattern '{pattern}'{where}; expected "
           "at least one existing file (check the path, or create the records "
-          "first, e.g. with scripts/create_imagenet_tf_record.py).")
+          "first with the dataset's converter in scripts/).")
     files.update(matches)
   return sorted(files)
 

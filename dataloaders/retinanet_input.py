@@ -47,47 +47,14 @@ from dataloaders import resize_crop
 from dataloaders.classification import IMAGENET_MEAN_RGB
 from dataloaders.classification import IMAGENET_STDDEV_RGB
 from dataloaders.detection_decoder import decode_detection_example
+# The pipeline's int64 image id of a source id; the COCO evaluator maps its
+# annotation file's ids with the same function (dataloaders/source_ids.py).
+from dataloaders.source_ids import source_id_to_int64
 from modeling.ops import box_ops
 from modeling.ops.anchors import Anchors
 from modeling.ops.target_assigner import AnchorLabeler
 
 AUTOTUNE = tf.data.AUTOTUNE
-
-# Source ids that are not decimal integers are hashed into [2^62, 2^63), far
-# from any image id (and from the evaluator's own string ids at 2^40).
-_HASHED_ID_OFFSET = 1 << 62
-_NUMERIC_ID = r"\s*[+-]?[0-9]{1,18}\s*"  # 18 digits always fit in int64.
-
-
-def source_id_to_int64(source_id):
-  """The int64 image id of a decoder's source id.
-
-  A string of a decimal integer (COCO: b"397133") becomes that integer; the
-  empty string becomes -1; any other string becomes a stable hash in
-  [2^62, 2^63), so that every source id can travel as an int64 (TPUs take no
-  strings). An integer tensor is returned as int64.
-
-  Args:
-    source_id: scalar tf.string or integer tensor.
-
-  Returns:
-    int64 scalar.
-  """
-  source_id = tf.convert_to_tensor(source_id)
-  if source_id.dtype != tf.string:
-    return tf.cast(source_id, tf.int64)
-
-  def hashed():
-    return (tf.strings.to_hash_bucket_fast(source_id, _HASHED_ID_OFFSET) +
-            _HASHED_ID_OFFSET)
-
-  return tf.cond(
-      tf.equal(tf.strings.length(source_id), 0),
-      lambda: tf.constant(-1, tf.int64),
-      lambda: tf.cond(
-          tf.strings.regex_full_match(source_id, _NUMERIC_ID),
-          lambda: tf.strings.to_number(tf.strings.strip(source_id), tf.int64),
-          hashed))
 
 
 def _pad_or_truncate(values, size):

@@ -44,6 +44,7 @@ transform as in `dataloaders.retinanet_input`: [[original height, width],
 import tensorflow as tf
 
 from dataloaders import batching
+from dataloaders import detection_decoder
 from dataloaders import readers
 from dataloaders import resize_crop
 from dataloaders.classification import IMAGENET_MEAN_RGB
@@ -71,10 +72,17 @@ def decode_segmentation_example(serialized):
     dict with "image": uint8 [h, w, 3] (grayscale replicated, alpha
     dropped), "label": uint8 [h', w', 1] class ids as stored (the parser
     checks that h', w' = h, w), "source_id": tf.string scalar.
+
+  Raises:
+    tf.errors.InvalidArgumentError (when run): image/encoded is not an
+      image file (the message gives the source id).
   """
   features = tf.io.parse_single_example(serialized, _FEATURES)
-  image = tf.io.decode_image(features[IMAGE_KEY], channels=3,
-                             expand_animations=False)
+  with tf.control_dependencies([detection_decoder.image_bytes_check(
+      features[IMAGE_KEY], features["image/source_id"],
+      "Segmentation record")]):
+    image = tf.io.decode_image(features[IMAGE_KEY], channels=3,
+                               expand_animations=False)
   label = tf.io.decode_png(features[LABEL_KEY], channels=1)
   return {"image": image, "label": label,
           "source_id": features["image/source_id"]}

@@ -30,6 +30,8 @@ The export is written to a temporary path next to OUT and moved into place
 when complete, so a failed export leaves an existing OUT as it was.
 """
 
+import sys
+
 from absl import app
 from absl import flags
 
@@ -81,7 +83,9 @@ def main(argv):
           FLAGS.num_calibration_images, FLAGS.overwrite)
   except (exporting.ExportError, checkpointing.CheckpointMismatchError,
           gin_config.GinConfigError) as e:
-    raise app.UsageError(str(e)) from e
+    # The message alone, the last thing printed, exit status 1 (not
+    # app.UsageError, which prints the whole flag list with it).
+    sys.exit(f"official.export: {type(e).__name__}: {e}")
   print(path)
 
 

@@ -18,6 +18,7 @@ from official import registry
 from official import serving
 from official.core import checkpointing
 from official.core import gin_config
+from official.core import task as task_lib
 
 FORMATS = ("saved_model", "tflite")
 QUANTIZATIONS = ("float32", "float16", "int8")
@@ -172,7 +173,14 @@ def export_saved_model(task, model, export_dir, input_type="image_tensor",
 
 def calibration_images(task, num_images):
   """Yields up to num_images TFLite inputs from the training records."""
-  pattern = task.input_files(training=True)
+  try:
+    # DatasetTask.record_pattern names the tool that writes missing records.
+    pattern = (task.record_pattern(training=True)
+               if hasattr(task, "record_pattern") else
+               task.input_files(training=True))
+  except task_lib.MissingRecordsError as e:
+    raise ExportError(f"int8 calibration reads the training records: "
+                      f"{e}") from None
   if not pattern or isinstance(pattern, (list, tuple)) and not pattern:
     raise ExportError(f"int8 calibration reads the training records, but "
                       f"{type(task).__name__} names no record files.")

@@ -28,5 +28,6 @@ from official.core.registry import DECODERS
 from official.core.registry import TASKS
 from official.tasks import classification
 from official.tasks import maskrcnn
+from official.tasks import neck_classification
 from official.tasks import retinanet
 from official.tasks import segmentation

@@ -32,6 +32,7 @@ from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-positio
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from dataloaders.datasets import coco_records  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dataloaders.datasets import encoded_images  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _IMAGE_DIR = flags.DEFINE_string(
     "image_dir", None, "Folder of the images (e.g. .../train2017); each image "
@@ -50,6 +51,17 @@ _INCLUDE_MASKS = flags.DEFINE_bool(
 _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", None,
     "Worker processes (one shard per task); default min(num_shards, CPUs).")
+_EXIF_ORIENTATION = flags.DEFINE_enum(
+    "exif_orientation", encoded_images.EXIF_APPLY,
+    list(encoded_images.EXIF_MODES),
+    "Images with an EXIF orientation tag: 'apply' turns them into the "
+    "displayed frame, the frame most annotation tools draw in, and "
+    "re-encodes them; 'error' refuses them; 'ignore' keeps the stored "
+    "pixels (annotations drawn on those).")
+_MAX_IMAGE_PIXELS = flags.DEFINE_integer(
+    "max_image_pixels", None,
+    "Refuse images of more pixels (height x width); default: no limit.",
+    lower_bound=1)
 
 
 def main(argv):
@@ -58,7 +70,9 @@ def main(argv):
   summary = coco_records.convert_coco(
       _IMAGE_DIR.value, _OBJECT_ANNOTATIONS_FILE.value,
       _OUTPUT_FILE_PREFIX.value, num_shards=_NUM_SHARDS.value,
-      include_masks=_INCLUDE_MASKS.value, num_processes=_NUM_PROCESSES.value)
+      include_masks=_INCLUDE_MASKS.value, num_processes=_NUM_PROCESSES.value,
+      exif_orientation=_EXIF_ORIENTATION.value,
+      max_image_pixels=_MAX_IMAGE_PIXELS.value)
   print(coco_records.format_summary(summary))
   print(json.dumps({k: v for k, v in summary.items() if k != "files"},
                    indent=2))

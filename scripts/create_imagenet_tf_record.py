@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from dataloaders.datasets import encoded_images  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dataloaders.datasets import image_folder_records  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _INPUT_DIR = flags.DEFINE_string(
@@ -42,6 +43,16 @@ _NUM_SHARDS = flags.DEFINE_integer("num_shards", 8, "Number of shard files.")
 _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", None,
     "Worker processes (one shard per task); default min(num_shards, CPUs).")
+_EXIF_ORIENTATION = flags.DEFINE_enum(
+    "exif_orientation", encoded_images.EXIF_APPLY,
+    list(encoded_images.EXIF_MODES),
+    "Images with an EXIF orientation tag: 'apply' turns them into the "
+    "displayed frame and re-encodes them; 'error' refuses them; 'ignore' "
+    "keeps the stored pixels.")
+_MAX_IMAGE_PIXELS = flags.DEFINE_integer(
+    "max_image_pixels", None,
+    "Refuse images of more pixels (height x width); default: no limit.",
+    lower_bound=1)
 _LABEL_FILE = flags.DEFINE_string(
     "label_file", None,
     "Class names in label order, one per line (first token of each line, so "
@@ -62,7 +73,8 @@ def main(argv):
   result = image_folder_records.convert_image_folders(
       _INPUT_DIR.value, _OUTPUT_PREFIX.value, num_shards=_NUM_SHARDS.value,
       num_processes=_NUM_PROCESSES.value, label_file=_LABEL_FILE.value,
-      image_labels=image_labels)
+      image_labels=image_labels, exif_orientation=_EXIF_ORIENTATION.value,
+      max_image_pixels=_MAX_IMAGE_PIXELS.value)
   print(f"Wrote {result['num_examples']} examples of "
         f"{result['num_classes']} classes to {len(result['files'])} shards "
         f"'{_OUTPUT_PREFIX.value}-*'; class names in "

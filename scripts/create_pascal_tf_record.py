@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from dataloaders.datasets import encoded_images  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dataloaders.datasets import pascal_records  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _VOC_DIR = flags.DEFINE_string(
@@ -47,6 +48,17 @@ _NUM_CLASSES = flags.DEFINE_integer(
 _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", None,
     "Worker processes (one shard per task); default min(num_shards, CPUs).")
+_EXIF_ORIENTATION = flags.DEFINE_enum(
+    "exif_orientation", encoded_images.EXIF_APPLY,
+    list(encoded_images.EXIF_MODES),
+    "Images with an EXIF orientation tag: 'apply' turns them into the "
+    "displayed frame (label maps drawn on the displayed image) and "
+    "re-encodes them; 'error' refuses them; 'ignore' keeps the stored "
+    "pixels (label maps drawn on those).")
+_MAX_IMAGE_PIXELS = flags.DEFINE_integer(
+    "max_image_pixels", None,
+    "Refuse images of more pixels (height x width); default: no limit.",
+    lower_bound=1)
 
 
 def main(argv):
@@ -55,7 +67,9 @@ def main(argv):
   summary = pascal_records.convert_pascal(
       _VOC_DIR.value, _SPLIT.value, _OUTPUT_FILE_PREFIX.value,
       sbd_dir=_SBD_DIR.value, num_shards=_NUM_SHARDS.value,
-      num_classes=_NUM_CLASSES.value, num_processes=_NUM_PROCESSES.value)
+      num_classes=_NUM_CLASSES.value, num_processes=_NUM_PROCESSES.value,
+      exif_orientation=_EXIF_ORIENTATION.value,
+      max_image_pixels=_MAX_IMAGE_PIXELS.value)
   print(pascal_records.format_summary(summary))
   print(json.dumps({k: v for k, v in summary.items() if k != "files"},
                    indent=2))

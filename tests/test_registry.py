@@ -22,10 +22,10 @@ from official.core import registry as core_registry
 
 def test_each_package_registers_its_builders():
   assert sorted(BACKBONES) == ["eff_spinenet", "resnet", "spinenet",
-                               "spinenet_mbconv"]
-  assert sorted(DECODERS) == ["fpn", "identity"]
-  assert sorted(HEADS) == ["classification", "fast_rcnn", "mask", "retinanet",
-                           "rpn", "segmentation"]
+                               "spinenet_mbconv", "spnet"]
+  assert sorted(DECODERS) == ["auto_fpn", "fpn", "identity"]
+  assert sorted(HEADS) == ["auto_head", "classification", "fast_rcnn", "mask",
+                           "retinanet", "rpn", "segmentation"]
   for name, builder in BACKBONES.items():
     assert builder.__module__ == f"modeling.backbones.{name}"
 

@@ -36,6 +36,8 @@ def read_metrics(model_dir):
      "AP50"),
     ("configs/smoke/maskrcnn.gin", "synthetic_coco_mask_records.data_dir",
      "mask_AP50"),
+    ("configs/smoke/faster_rcnn.gin", "synthetic_coco_records.data_dir",
+     "AP50"),
     ("configs/smoke/segmentation.gin", "synthetic_pascal_records.data_dir",
      "mIoU"),
 ])

@@ -10,7 +10,8 @@ Every image becomes one tf.Example, with the keys of the TF Object Detection
 API and the TF Model Garden (records written here are read by their decoders
 and theirs by `dataloaders.detection_decoder`):
 
-  image/encoded              bytes, the file's bytes as they are
+  image/encoded              bytes, the file's bytes as they are (re-encoded
+                             only to apply an EXIF orientation)
   image/format               bytes, b"jpeg" or b"png", from the file's content
   image/height               int64, pixels
   image/width                int64, pixels
@@ -34,7 +35,22 @@ evaluation and for training on backgrounds). Crowd annotations are written
 and flagged with is_crowd = 1: the training parser drops them, the evaluator
 uses them. Boxes partly outside the image are clipped to it; annotations
 whose box has a non-positive width or height, or lies entirely outside the
-image, are skipped and counted.
+image, are skipped and counted. With masks, polygons of fewer than 3 points
+are dropped, and so is an annotation left without a polygon (counted), by
+the rule the COCO evaluator applies to its ground truths
+(`check_segmentation`).
+
+Image ids may be integers (COCO) or strings ("img_000001"); the record
+holds str(id), which the input pipeline turns into an exact int64
+(dataloaders/source_ids.py) and the evaluator matches to the annotation
+file. Ids that would become the same int64 are refused.
+
+Images are decoded completely before anything is written to their shard,
+with no Pillow pixel limit (max_image_pixels sets one). An image with an
+EXIF orientation is turned into its displayed frame and re-encoded (the
+default, exif_orientation="apply": COCO-format annotations are drawn on the
+displayed image by most tools), refused ("error") or kept as stored
+("ignore"); see dataloaders/datasets/encoded_images.py.
 
 Shards are `<prefix>-SSSSS-of-NNNNN.tfrecord`, images spread over them in a
 fixed pseudo-random order. Each shard is written under a temporary name and
@@ -46,6 +62,7 @@ import collections
 import hashlib
 import io
 import json
+import math
 import os
 import random
 
@@ -54,6 +71,7 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image
 
+from dataloaders import source_ids
 from dataloaders.datasets import encoded_images
 from dataloaders.datasets import sharded_writer
 
@@ -70,6 +88,11 @@ _SKIP_REASONS = {
 
 # At most this many skipped annotations are logged one by one.
 _MAX_SKIPS_LOGGED = 10
+
+# A polygon needs 3 points (6 numbers) to cover any pixel.
+MIN_POLYGON_POINTS = 3
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 # One object of an image, in the form the shard writers need.
 _Object = collections.namedtuple(
@@ -114,29 +137,86 @@ def read_annotation_file(annotation_file):
   return data
 
 
+def _is_int(value):
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+  """A finite int or float (bools and numbers beyond float range are not)."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return False
+  return abs(value) < 1e300 and math.isfinite(value)
+
+
 def _index_images(data, annotation_file, image_dir):
-  """{image id: (path, file_name, height, width)} in file order."""
+  """{image id: (path, file_name, height, width)} in file order.
+
+  Image ids are ints or strings; the records carry str(id) as
+  image/source_id and the input pipeline turns that into an int64
+  (`dataloaders.source_ids`), so two ids that would arrive as one number
+  ("7" and 7, "007" and 7) are refused here, naming both.
+  """
   images = {}
   for index, image in enumerate(data["images"]):
+    if not isinstance(image, dict):
+      raise ValueError(
+          f"Annotation file '{annotation_file}', images[{index}] is a "
+          f"{type(image).__name__}; expected an object with id, file_name, "
+          "height and width.")
     missing = [k for k in ("id", "file_name", "height", "width")
                if k not in image]
     if missing:
       raise ValueError(
           f"Annotation file '{annotation_file}', images[{index}] (id "
-          f"{image.get('id')}) lacks {missing}; expected id, file_name, "
+          f"{image.get('id')!r}) lacks {missing}; expected id, file_name, "
           "height and width.")
     image_id = image["id"]
+    where = (f"Annotation file '{annotation_file}', images[{index}] (id "
+             f"{image_id!r})")
+    if not ((_is_int(image_id) and image_id >= 0) or
+            (isinstance(image_id, str) and image_id.strip())):
+      raise ValueError(
+          f"{where}: the id is not a non-negative integer or a non-empty "
+          "string; COCO image ids are integers (strings such as "
+          "'img_000001' work too).")
     if image_id in images:
       raise ValueError(f"Annotation file '{annotation_file}' lists image id "
-                       f"{image_id} twice; image ids must be unique.")
-    height, width = int(image["height"]), int(image["width"])
-    if height <= 0 or width <= 0:
+                       f"{image_id!r} twice; image ids must be unique.")
+    file_name = image["file_name"]
+    if not isinstance(file_name, str) or not file_name:
+      raise ValueError(f"{where}: file_name is {file_name!r}; expected the "
+                       "image's file name under image_dir.")
+    for what, text in (("id", str(image_id)), ("file_name", file_name)):
+      try:
+        text.encode("utf-8")  # Records store both as UTF-8 bytes.
+      except UnicodeEncodeError as e:
+        raise ValueError(f"{where}: the {what} is not valid Unicode ({e}); "
+                         "expected UTF-8 text.") from None
+    height, width = image["height"], image["width"]
+    if not (_is_int(height) and _is_int(width) and height > 0 and
+            width > 0):
       raise ValueError(
-          f"Annotation file '{annotation_file}', image id {image_id}: size "
-          f"{height}x{width}; expected positive height and width.")
-    path = os.path.join(image_dir, image["file_name"])
-    images[image_id] = (path, image["file_name"], height, width)
+          f"{where}: size {height!r}x{width!r} (height x width); expected "
+          "positive integers.")
+    path = os.path.join(image_dir, file_name)
+    images[image_id] = (path, file_name, height, width)
+  _check_source_ids(list(images), annotation_file)
   return images
+
+
+def _check_source_ids(image_ids, annotation_file):
+  """Raises ValueError when two image ids arrive as one int64 id."""
+  numbers = source_ids.source_ids_to_int64([str(i) for i in image_ids])
+  first = {}
+  for image_id, number in zip(image_ids, numbers.tolist()):
+    if number in first:
+      raise ValueError(
+          f"Annotation file '{annotation_file}': image ids "
+          f"{first[number]!r} and {image_id!r} both become image id "
+          f"{number} in the input pipeline (source ids are read as decimal "
+          "integers where they are ones, hashed otherwise; "
+          "dataloaders/source_ids.py); expected ids that stay distinct.")
+    first[number] = image_id
 
 
 def _check_files_exist(tasks, annotation_file):
@@ -156,7 +236,7 @@ def _check_files_exist(tasks, annotation_file):
   for folder, entries in by_folder.items():
     try:
       names = {name.rstrip("/") for name in tf.io.gfile.listdir(folder or ".")}
-    except tf.errors.NotFoundError:
+    except tf.errors.OpError:  # Missing, or a name no file system takes.
       names = set()
     for image_id, path in entries:
       if os.path.basename(path) not in names:
@@ -190,41 +270,196 @@ def _clip_box(bbox, height, width):
   return (x0, y0, x1, y1), None, clipped
 
 
+def _rle_string_counts(counts):
+  """Run lengths of a compressed COCO RLE string (None when malformed).
+
+  The format of pycocotools' `rleToString`: each run length is written in
+  groups of 5 bits, least significant first, as characters 48 + group; bit
+  0x20 of a character says another group follows and bit 0x10 of the last
+  one is the sign; from the third run on, the value written is the
+  difference to the run two places before.
+  """
+  runs, position = [], 0
+  while position < len(counts):
+    value, shift, more = 0, 0, True
+    while more:
+      if position >= len(counts):
+        return None
+      group = ord(counts[position]) - 48
+      if not 0 <= group < 64:
+        return None
+      value |= (group & 0x1f) << shift
+      more = bool(group & 0x20)
+      position += 1
+      shift += 5
+      if not more and group & 0x10:
+        value |= -1 << shift
+    if len(runs) > 2:
+      value += runs[-2]
+    runs.append(value)
+  return runs
+
+
+def check_segmentation(segmentation, where, height, width):
+  """Checks one COCO segmentation and drops its polygons of < 3 points.
+
+  The rule shared by the converter and the COCO evaluator
+  (official/evaluation/coco_evaluator.py), so that training records and
+  evaluation ground truths hold the same objects. A polygon of fewer than 3
+  points covers nothing, and pycocotools misreads a first polygon of 4
+  numbers as a box and fails on other short ones (a TypeError naming no
+  annotation), so such polygons are removed; an annotation left with none
+  has no mask and is dropped by the caller.
+
+  Every value pycocotools would index memory with is checked first: polygon
+  coordinates must be finite and lie within the image extended by its own
+  size on every side (far-away points make pycocotools allocate memory in
+  proportion to the distance), and RLE run lengths must be non-negative and
+  add up to height x width (pycocotools decodes them without bounds
+  checks).
+
+  Args:
+    segmentation: the annotation's "segmentation": a list of polygons
+      [[x0, y0, x1, y1, ...], ...] in pixels, or an RLE dict {"size":
+      [height, width], "counts": list of ints or compressed str}.
+    where: str, names the annotation in errors.
+    height, width: ints, the image size in pixels.
+
+  Returns:
+    the list of polygons of 3 or more points, or None when there is none;
+    an RLE dict as it is.
+
+  Raises:
+    ValueError: a malformed segmentation (the message starts with `where`).
+  """
+  if isinstance(segmentation, list):
+    polygons = []
+    for k, polygon in enumerate(segmentation):
+      values = None
+      # type(), not isinstance(): bools are not coordinates.
+      if isinstance(polygon, list) and all(
+          type(v) in (int, float) for v in polygon):  # pylint: disable=unidiomatic-typecheck
+        try:
+          values = np.asarray(polygon, np.float64)
+        except OverflowError:  # An int beyond float range.
+          values = None
+      if values is None or not np.isfinite(values).all():
+        raise ValueError(
+            f"{where}: segmentation polygon {k} is {str(polygon)[:80]}; "
+            "expected a list [x0, y0, x1, y1, ...] of finite numbers "
+            "(pixels).")
+      xs, ys = values[0::2], values[1::2]
+      if values.size and (xs.min() < -width or xs.max() > 2 * width or
+                          ys.min() < -height or ys.max() > 2 * height):
+        raise ValueError(
+            f"{where}: segmentation polygon {k} reaches x {min(xs)}.."
+            f"{max(xs)}, y {min(ys)}..{max(ys)}, far outside the "
+            f"{height}x{width} (height x width) image; expected pixel "
+            "coordinates of the image.")
+      if len(polygon) >= 2 * MIN_POLYGON_POINTS:
+        polygons.append(polygon)
+    return polygons or None
+  if isinstance(segmentation, dict) and "counts" in segmentation:
+    size = segmentation.get("size")
+    if (not isinstance(size, list) or len(size) != 2 or
+        not all(_is_int(v) for v in size) or size != [height, width]):
+      raise ValueError(f"{where}: RLE size {size!r}; expected the image "
+                       f"size [{height}, {width}].")
+    counts = segmentation["counts"]
+    if isinstance(counts, bytes):
+      try:
+        counts = counts.decode("ascii")
+      except UnicodeDecodeError:
+        counts = None
+    if isinstance(counts, str):
+      counts = _rle_string_counts(counts)
+    elif isinstance(counts, list):
+      counts = counts if all(_is_int(c) for c in counts) else None
+    else:
+      counts = None
+    if (counts is None or any(c < 0 for c in counts) or
+        sum(counts) != height * width):
+      raise ValueError(
+          f"{where}: RLE counts {str(segmentation['counts'])[:60]} are not "
+          "non-negative run lengths adding up to height x width = "
+          f"{height * width}; expected an RLE of the {height}x{width} "
+          "image (a list of ints, or pycocotools' compressed string).")
+    return segmentation
+  raise ValueError(f"{where}: segmentation is {str(segmentation)[:80]}; "
+                   "expected a list of polygons or an RLE dict (\"size\", "
+                   "\"counts\").")
+
+
 def _collect_images(data, annotation_file, image_dir, include_masks):
   """Groups the annotations by image, clipping and skipping boxes.
 
   Returns:
-    (tasks, num_annotations, skipped, num_clipped): tasks a list of
-    _ImageTask in file order, num_annotations the objects kept, skipped a
-    dict reason -> count, num_clipped the kept boxes that were clipped.
+    (tasks, num_annotations, skipped, num_clipped, num_no_polygon): tasks a
+    list of _ImageTask in file order, num_annotations the objects kept,
+    skipped a dict reason -> count, num_clipped the kept boxes that were
+    clipped, num_no_polygon the annotations dropped (include_masks) because
+    their segmentation has no polygon of 3 or more points.
   """
   images = _index_images(data, annotation_file, image_dir)
   categories = {}
-  for category in data["categories"]:
-    if "id" not in category or "name" not in category:
-      raise ValueError(f"Annotation file '{annotation_file}': category "
-                       f"{category!r} lacks 'id' or 'name'.")
+  for index, category in enumerate(data["categories"]):
+    if (not isinstance(category, dict) or "id" not in category or
+        "name" not in category):
+      raise ValueError(f"Annotation file '{annotation_file}': categories"
+                       f"[{index}] {str(category)[:80]} lacks 'id' or "
+                       "'name'; expected {\"id\": int, \"name\": str}.")
+    if not _is_int(category["id"]) or not _INT64_MIN <= category["id"] <= (
+        _INT64_MAX):
+      raise ValueError(f"Annotation file '{annotation_file}': categories"
+                       f"[{index}] has id {category['id']!r}; expected an "
+                       "integer (records store it as an int64 label).")
+    try:
+      str(category["name"]).encode("utf-8")
+    except UnicodeEncodeError as e:
+      raise ValueError(f"Annotation file '{annotation_file}': categories"
+                       f"[{index}] has a name that is not valid Unicode "
+                       f"({e}); expected UTF-8 text.") from None
     categories[category["id"]] = category["name"]
 
+  annotations = data.get("annotations")
+  if annotations is None:
+    annotations = []
+  if not isinstance(annotations, list):
+    raise ValueError(f"Annotation file '{annotation_file}': 'annotations' "
+                     f"is a {type(annotations).__name__}; expected a list.")
   objects = collections.defaultdict(list)
   skipped = {reason: 0 for reason in _SKIP_REASONS}
   num_clipped = 0
-  for index, ann in enumerate(data.get("annotations") or []):
+  num_no_polygon = 0
+  for index, ann in enumerate(annotations):
+    if not isinstance(ann, dict):
+      raise ValueError(f"Annotation file '{annotation_file}', annotations"
+                       f"[{index}] is a {type(ann).__name__}; expected an "
+                       "object.")
     ann_id = ann.get("id", f"#{index}")
     image_id = ann.get("image_id")
-    where = (f"Annotation file '{annotation_file}', annotation id {ann_id} "
-             f"(image id {image_id})")
-    if image_id not in images:
+    where = (f"Annotation file '{annotation_file}', annotation id "
+             f"{ann_id!r} (annotations[{index}], image id {image_id!r})")
+    if not _is_hashable(image_id) or image_id not in images:
       raise ValueError(f"{where}: the image id is not in 'images'; expected "
                        "every annotation to refer to a listed image.")
-    if ann.get("category_id") not in categories:
+    category_id = ann.get("category_id")
+    if not _is_hashable(category_id) or category_id not in categories:
       raise ValueError(
-          f"{where}: category id {ann.get('category_id')!r} is not in "
+          f"{where}: category id {category_id!r} is not in "
           f"'categories' (ids {sorted(categories)[:20]}).")
     bbox = ann.get("bbox")
-    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-      raise ValueError(f"{where}: bbox is {bbox!r}; expected [x, y, width, "
-                       "height] in pixels.")
+    if (not isinstance(bbox, list) or len(bbox) != 4 or
+        not all(_is_number(v) for v in bbox)):
+      raise ValueError(f"{where}: bbox is {str(bbox)[:80]}; expected [x, y, "
+                       "width, height] in pixels, finite numbers.")
+    area = ann.get("area")
+    if area is not None and (not _is_number(area) or area < 0):
+      raise ValueError(f"{where}: area is {area!r}; expected a non-negative "
+                       "number of pixels.")
+    is_crowd = ann.get("iscrowd", 0)
+    if is_crowd not in (0, 1):  # True and False compare equal to 1 and 0.
+      raise ValueError(f"{where}: iscrowd is {is_crowd!r}; expected 0 or 1.")
     _, _, height, width = images[image_id]
     box, reason, clipped = _clip_box(bbox, height, width)
     if reason is not None:
@@ -234,7 +469,6 @@ def _collect_images(data, annotation_file, image_dir, include_masks):
                         _SKIP_REASONS[reason], bbox, height, width)
       skipped[reason] += 1
       continue
-    num_clipped += int(clipped)
     segmentation = None
     if include_masks:
       segmentation = ann.get("segmentation")
@@ -242,50 +476,45 @@ def _collect_images(data, annotation_file, image_dir, include_masks):
         raise ValueError(
             f"{where}: no segmentation; include_masks needs polygons or an "
             "RLE for every annotation.")
-    area = ann.get("area")
+      segmentation = check_segmentation(segmentation, where, height, width)
+      if segmentation is None:
+        if num_no_polygon < _MAX_SKIPS_LOGGED:
+          logging.warning("%s: dropped, its segmentation %s has no polygon "
+                          "of %d or more points (no mask).", where,
+                          str(ann.get("segmentation"))[:80],
+                          MIN_POLYGON_POINTS)
+        num_no_polygon += 1
+        continue
+    num_clipped += int(clipped)
     if area is None:
       area = (box[2] - box[0]) * (box[3] - box[1])
     objects[image_id].append(_Object(
-        box=box, category_id=int(ann["category_id"]),
-        category_name=str(categories[ann["category_id"]]),
-        is_crowd=int(bool(ann.get("iscrowd", 0))), area=float(area),
+        box=box, category_id=int(category_id),
+        category_name=str(categories[category_id]),
+        is_crowd=int(is_crowd), area=float(area),
         segmentation=segmentation, annotation_id=ann_id))
 
   tasks = [_ImageTask(image_id, path, file_name, height, width,
                       objects.get(image_id, []))
            for image_id, (path, file_name, height, width) in images.items()]
   num_annotations = sum(len(t.objects) for t in tasks)
-  return tasks, num_annotations, skipped, num_clipped
+  return tasks, num_annotations, skipped, num_clipped, num_no_polygon
 
 
-def _instance_mask(segmentation, height, width, where):
-  """uint8 [height, width] 0/1 mask of a polygon list or an RLE."""
+def _is_hashable(value):
+  return isinstance(value, (int, float, str, type(None)))
+
+
+def _instance_mask(segmentation, height, width):
+  """uint8 [height, width] 0/1 mask of a segmentation `check_segmentation`
+  returned (polygons of 3 or more points, or a checked RLE)."""
   from pycocotools import mask as mask_utils  # pylint: disable=g-import-not-at-top
   if isinstance(segmentation, list):
-    if not all(isinstance(p, (list, tuple)) for p in segmentation):
-      raise ValueError(f"{where}: segmentation {str(segmentation)[:80]} is "
-                       "not a list of polygons; expected [[x0, y0, x1, y1, "
-                       "x2, y2, ...], ...].")
-    # Polygons of fewer than 3 points cover nothing; they must also not
-    # reach frPyObjects, which reads a first entry of 4 numbers as boxes.
-    polygons = [p for p in segmentation if len(p) >= 6]
-    if not polygons:
-      logging.warning("%s: no polygon of 3 or more points; its mask is "
-                      "empty.", where)
-      return np.zeros((height, width), np.uint8)
-    rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-  elif isinstance(segmentation, dict) and "counts" in segmentation:
-    size = [int(s) for s in segmentation.get("size", [])]
-    if size != [height, width]:
-      raise ValueError(f"{where}: RLE size {segmentation.get('size')}; "
-                       f"expected the image size [{height}, {width}].")
-    if isinstance(segmentation["counts"], list):  # Uncompressed RLE.
-      rle = mask_utils.frPyObjects(segmentation, height, width)
-    else:  # Compressed RLE (str or bytes counts).
-      rle = segmentation
-  else:
-    raise ValueError(f"{where}: segmentation is a {type(segmentation)}; "
-                     "expected a list of polygons or an RLE dict.")
+    rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+  elif isinstance(segmentation["counts"], list):  # Uncompressed RLE.
+    rle = mask_utils.frPyObjects(segmentation, height, width)
+  else:  # Compressed RLE (str or bytes counts).
+    rle = segmentation
   mask = mask_utils.decode(rle)
   if mask.ndim == 3:
     mask = mask.max(axis=2)
@@ -298,30 +527,48 @@ def _encode_png(mask):
   return buffer.getvalue()
 
 
-def _make_example(task, include_masks):
-  """Serialized tf.Example of one image and its objects."""
-  where = f"image file '{task.path}' (image id {task.image_id})"
+def _make_example(task, include_masks, exif_orientation, max_image_pixels):
+  """(serialized tf.Example of one image and its objects, orientation).
+
+  orientation is the image file's EXIF orientation (1..8, 1 without one).
+  """
+  where = f"image file '{task.path}' (image id {task.image_id!r})"
   try:
     with tf.io.gfile.GFile(task.path, "rb") as f:
       data = f.read()
   except (tf.errors.OpError, OSError) as e:
     raise ValueError(f"Cannot read {where}: {e}") from e
-  image_format = encoded_images.image_format(data)
-  if image_format is None:
-    raise ValueError(f"{where[0].upper()}{where[1:]} is neither JPEG nor PNG "
-                     f"(it starts with {data[:8]!r}); expected a JPEG or PNG "
-                     "image.")
-  height, width = encoded_images.decoded_size(data, where)
+  image = encoded_images.read_image(data, where, exif_orientation,
+                                    max_image_pixels)
+  height, width = image.height, image.width
   if (height, width) != (task.height, task.width):
+    hint = ""
+    if image.orientation in (5, 6, 7, 8) and (width, height) == (
+        task.height, task.width):
+      # A quarter turn swaps the sides: the annotations are in the other
+      # frame than the one chosen.
+      other = (encoded_images.EXIF_IGNORE
+               if exif_orientation == encoded_images.EXIF_APPLY
+               else encoded_images.EXIF_APPLY)
+      hint = (f" The file has EXIF orientation {image.orientation} "
+              f"({encoded_images.ORIENTATIONS[image.orientation]}) and the "
+              f"annotation file's size is that of the other frame: with "
+              f"exif_orientation='{exif_orientation}' the size is the "
+              f"{'displayed' if image.reencoded else 'stored'} one; pass "
+              f"exif_orientation='{other}' (--exif_orientation={other}) if "
+              "the annotations were drawn on the "
+              f"{'stored pixels' if image.reencoded else 'displayed image'}.")
     raise ValueError(
         f"{where[0].upper()}{where[1:]} is {height}x{width} (height x "
         f"width) but the annotation file says {task.height}x{task.width}; "
-        "expected them to agree (the boxes are normalised by the JSON size).")
+        "expected them to agree (the boxes are normalised by the JSON "
+        f"size).{hint}")
+  data = image.data
 
   objects = task.objects
   feature = {
       "image/encoded": _bytes_feature([data]),
-      "image/format": _bytes_feature([image_format.encode()]),
+      "image/format": _bytes_feature([image.image_format.encode()]),
       "image/height": _int_feature([height]),
       "image/width": _int_feature([width]),
       "image/filename": _bytes_feature([str(task.file_name).encode()]),
@@ -345,12 +592,11 @@ def _make_example(task, include_masks):
   }
   if include_masks:
     feature["image/object/mask"] = _bytes_feature([
-        _encode_png(_instance_mask(
-            o.segmentation, height, width,
-            f"{where}, annotation id {o.annotation_id}"))
+        _encode_png(_instance_mask(o.segmentation, height, width))
         for o in objects])
-  return tf.train.Example(
+  serialized = tf.train.Example(
       features=tf.train.Features(feature=feature)).SerializeToString()
+  return serialized, image.orientation
 
 
 def _bytes_feature(values):
@@ -366,15 +612,34 @@ def _float_feature(values):
 
 
 def _write_shard(task):
-  """Writes one shard: task is (path, temporary path, [_ImageTask], masks)."""
-  path, tmp_path, images, include_masks = task
-  return sharded_writer.write_records(
-      path, tmp_path, (_make_example(image, include_masks) for image in images))
+  """Writes one shard.
+
+  Args:
+    task: (path, temporary path, [_ImageTask], include_masks,
+      exif_orientation, max_image_pixels).
+
+  Returns:
+    (path, records written, images with an EXIF orientation other than 1).
+  """
+  path, tmp_path, images, include_masks, exif_orientation, max_pixels = task
+  oriented = []
+
+  def records():
+    for image in images:
+      serialized, orientation = _make_example(image, include_masks,
+                                              exif_orientation, max_pixels)
+      oriented.append(orientation != 1)
+      yield serialized
+
+  path, count = sharded_writer.write_records(path, tmp_path, records())
+  return path, count, sum(oriented)
 
 
 def convert_coco(image_dir, object_annotations_file, output_file_prefix,
                  num_shards=32, include_masks=False, num_processes=None,
-                 show_progress=True):
+                 show_progress=True,
+                 exif_orientation=encoded_images.EXIF_APPLY,
+                 max_image_pixels=None):
   """Converts COCO annotations and images into sharded detection TFRecords.
 
   Works as it is on the COCO 2017 layout, e.g. image_dir=.../train2017 and
@@ -384,15 +649,24 @@ def convert_coco(image_dir, object_annotations_file, output_file_prefix,
     image_dir: str, folder of the images; image i is read from
       image_dir/<file_name of image i> (gs:// allowed).
     object_annotations_file: str, COCO instances JSON (gs:// allowed). An
-      image_info JSON without "annotations" (test-dev) works too.
+      image_info JSON without "annotations" (test-dev) works too. Image ids
+      are ints or strings (written as image/source_id = str(id)).
     output_file_prefix: str, shards are
       `<output_file_prefix>-SSSSS-of-NNNNN.tfrecord` (gs:// allowed).
     num_shards: int >= 1, number of shard files.
     include_masks: bool, also write image/object/mask (one PNG per object,
-      from the polygons or RLE, compressed or not).
+      from the polygons or RLE, compressed or not). Polygons of fewer than 3
+      points are dropped, and so is an annotation left without any
+      (`check_segmentation`; the COCO evaluator does the same).
     num_processes: int, worker processes (each writes whole shards); None:
       min(num_shards, cpu count); 1 or 0: in this process.
     show_progress: bool, show a tqdm progress bar (images).
+    exif_orientation: "apply" (default: the annotations are in the displayed
+      frame; oriented images are turned and re-encoded), "error" or
+      "ignore" (annotations on the stored pixels); see
+      `dataloaders.datasets.encoded_images`.
+    max_image_pixels: None (default: no limit, whatever Pillow's own) or
+      int, images with more pixels are refused.
 
   Returns:
     dict with
@@ -403,26 +677,37 @@ def convert_coco(image_dir, object_annotations_file, output_file_prefix,
       "skipped": {"non_positive_size": int, "outside_image": int},
         annotations not written, by reason,
       "num_clipped": int, boxes written after clipping to the image,
+      "num_no_polygon": int, annotations not written (include_masks)
+        because their segmentation has no polygon of 3 or more points,
+      "num_exif_oriented": int, images with an EXIF orientation other than
+        1 (turned and re-encoded with "apply", kept with "ignore"),
+      "exif_orientation": the mode used,
       "files": sorted list of the shard paths.
 
   Raises:
     FileNotFoundError: when the annotation file or an image file is missing
       (all images are checked before anything is written; the message names
       the image ids and paths).
-    ValueError: when the annotations are inconsistent (unknown image or
-      category id, malformed box or segmentation), or an image cannot be
-      read or decoded or differs in size from the JSON (the message names
-      the image id and file); no shard of this call is left behind.
+    ValueError: when the annotations are inconsistent or malformed (unknown
+      image or category id, image ids that collide as source ids, malformed
+      box or segmentation; the message names the annotation), or an image
+      cannot be read or decoded, differs in size from the JSON, is larger
+      than max_image_pixels or (with exif_orientation "error") carries an
+      EXIF orientation (the message names the image id and file); no shard
+      of this call is left behind.
   """
   if int(num_shards) < 1:
     raise ValueError(f"num_shards must be >= 1, got {num_shards}.")
   num_shards = int(num_shards)
+  encoded_images.check_exif_mode(exif_orientation)
+  encoded_images.check_max_image_pixels(max_image_pixels)
   if not tf.io.gfile.isdir(image_dir):
     raise FileNotFoundError(f"Image folder '{image_dir}' does not exist or is "
                             "not a folder.")
   data = read_annotation_file(object_annotations_file)
-  images, num_annotations, skipped, num_clipped = _collect_images(
-      data, object_annotations_file, image_dir, include_masks)
+  (images, num_annotations, skipped, num_clipped,
+   num_no_polygon) = _collect_images(data, object_annotations_file,
+                                     image_dir, include_masks)
   del data  # The JSON of COCO train is large; keep only what is needed.
   if not images:
     raise ValueError(f"Annotation file '{object_annotations_file}' lists no "
@@ -431,7 +716,8 @@ def convert_coco(image_dir, object_annotations_file, output_file_prefix,
 
   random.Random(_SHARD_ORDER_SEED).shuffle(images)
   paths = sharded_writer.shard_paths(output_file_prefix, num_shards)
-  tasks = [(path, tmp_path, part, bool(include_masks))
+  tasks = [(path, tmp_path, part, bool(include_masks), exif_orientation,
+            max_image_pixels)
            for (path, tmp_path), part in zip(
                paths, sharded_writer.split(images, num_shards))]
   written = sharded_writer.write_shards(
@@ -439,13 +725,16 @@ def convert_coco(image_dir, object_annotations_file, output_file_prefix,
       desc=os.path.basename(output_file_prefix), show_progress=show_progress)
 
   return {
-      "num_images": sum(count for _, count in written),
+      "num_images": sum(count for _, count, _ in written),
       "num_images_without_objects": sum(1 for t in images if not t.objects),
       "num_annotations": num_annotations,
       "num_crowd": sum(o.is_crowd for t in images for o in t.objects),
       "skipped": skipped,
       "num_clipped": num_clipped,
-      "files": sorted(path for path, _ in written),
+      "num_no_polygon": num_no_polygon,
+      "num_exif_oriented": sum(oriented for _, _, oriented in written),
+      "exif_orientation": exif_orientation,
+      "files": sorted(path for path, _, _ in written),
   }
 
 
@@ -457,10 +746,21 @@ def format_summary(summary):
                       for reason, count in skipped.items())
   files = summary["files"]
   where = (f"'{files[0].rsplit('-', 3)[0]}-*'" if files else "no file")
-  return (
+  text = (
       f"Wrote {summary['num_images']} images "
       f"({summary['num_images_without_objects']} without objects) and "
       f"{summary['num_annotations']} objects ({summary['num_crowd']} crowd) "
       f"to {len(files)} shards {where}. Skipped {total_skipped} "
       f"annotations ({reasons}); clipped {summary['num_clipped']} boxes "
       "partly outside their image.")
+  if summary.get("num_no_polygon"):
+    text += (f" Dropped {summary['num_no_polygon']} annotations whose "
+             f"segmentation has no polygon of {MIN_POLYGON_POINTS} or more "
+             "points (no mask).")
+  if summary.get("num_exif_oriented"):
+    done = ("turned to their displayed frame and re-encoded"
+            if summary["exif_orientation"] == encoded_images.EXIF_APPLY else
+            "kept as stored (exif_orientation=ignore)")
+    text += (f" {summary['num_exif_oriented']} images had an EXIF "
+             f"orientation: {done}.")
+  return text

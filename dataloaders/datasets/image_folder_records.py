@@ -14,7 +14,8 @@ Two layouts are read:
 
 Every image becomes one tf.Example:
 
-  image/encoded      bytes, the file's bytes as they are (not re-encoded)
+  image/encoded      bytes, the file's bytes as they are (re-encoded only
+                     to apply an EXIF orientation)
   image/format       bytes, b"jpeg" or b"png", from the file's content
   image/height       int64, pixels
   image/width        int64, pixels
@@ -26,6 +27,10 @@ the shards in a fixed pseudo-random order, so every shard mixes classes),
 plus `<output_prefix>-labels.txt` with one class name per line in label
 order. Each shard is written under a temporary name and renamed when
 complete, so a failure never leaves a truncated shard under a final name.
+Images are decoded completely with no Pillow pixel limit (max_image_pixels
+sets one); one with an EXIF orientation is turned into its displayed frame
+and re-encoded (the default), refused or kept as stored, by
+`exif_orientation` (dataloaders/datasets/encoded_images.py).
 """
 
 import os
@@ -190,19 +195,16 @@ def _collect_flat_folder(input_dir, image_labels, class_names):
   return examples, class_names
 
 
-def _make_example(path, label, class_name):
-  """Serialized tf.Example of one image file."""
+def _make_example(path, label, class_name, exif_orientation,
+                  max_image_pixels):
+  """(serialized tf.Example of one image file, its EXIF orientation)."""
   try:
     with tf.io.gfile.GFile(path, "rb") as f:
       data = f.read()
   except (tf.errors.OpError, OSError) as e:
     raise ValueError(f"Cannot read image file '{path}': {e}") from e
-  image_format = encoded_images.image_format(data)
-  if image_format is None:
-    raise ValueError(f"Image file '{path}' is neither JPEG nor PNG (it "
-                     f"starts with {data[:8]!r}); expected a JPEG or PNG "
-                     "image.")
-  height, width = encoded_images.decoded_size(data, f"image file '{path}'")
+  image = encoded_images.read_image(data, f"image file '{path}'",
+                                    exif_orientation, max_image_pixels)
 
   def bytes_feature(value):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
@@ -210,21 +212,39 @@ def _make_example(path, label, class_name):
   def int_feature(value):
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
 
-  return tf.train.Example(features=tf.train.Features(feature={
-      "image/encoded": bytes_feature(data),
-      "image/format": bytes_feature(image_format.encode()),
-      "image/height": int_feature(height),
-      "image/width": int_feature(width),
+  serialized = tf.train.Example(features=tf.train.Features(feature={
+      "image/encoded": bytes_feature(image.data),
+      "image/format": bytes_feature(image.image_format.encode()),
+      "image/height": int_feature(image.height),
+      "image/width": int_feature(image.width),
       "image/class/label": int_feature(label),
       "image/class/text": bytes_feature(class_name.encode()),
   })).SerializeToString()
+  return serialized, image.orientation
 
 
 def _write_shard(task):
-  """Writes one shard: task is (path, tmp path, [(image, label, name)])."""
-  path, tmp_path, examples = task
-  return sharded_writer.write_records(
-      path, tmp_path, (_make_example(*example) for example in examples))
+  """Writes one shard.
+
+  Args:
+    task: (path, tmp path, [(image, label, name)], exif_orientation,
+      max_image_pixels).
+
+  Returns:
+    (path, records written, images with an EXIF orientation other than 1).
+  """
+  path, tmp_path, examples, exif_orientation, max_pixels = task
+  oriented = []
+
+  def records():
+    for example in examples:
+      serialized, orientation = _make_example(*example, exif_orientation,
+                                              max_pixels)
+      oriented.append(orientation != 1)
+      yield serialized
+
+  path, count = sharded_writer.write_records(path, tmp_path, records())
+  return path, count, sum(oriented)
 
 
 def _write_text_atomically(path, text):
@@ -236,7 +256,9 @@ def _write_text_atomically(path, text):
 
 def convert_image_folders(input_dir, output_prefix, num_shards=8,
                           num_processes=None, label_file=None,
-                          show_progress=True, image_labels=None):
+                          show_progress=True, image_labels=None,
+                          exif_orientation=encoded_images.EXIF_APPLY,
+                          max_image_pixels=None):
   """Converts a folder of images into sharded classification TFRecords.
 
   Args:
@@ -255,10 +277,18 @@ def convert_image_folders(input_dir, output_prefix, num_shards=8,
     show_progress: bool, show a tqdm progress bar (images).
     image_labels: optional dict {file name or file stem: class name}, for a
       flat folder such as ILSVRC2012 validation (see `read_labels_csv`).
+    exif_orientation: "apply" (default: an image with an EXIF orientation
+      is turned into its displayed frame, as a person saw it when
+      labelling, and re-encoded), "error" or "ignore" (stored pixels kept);
+      see `dataloaders.datasets.encoded_images`.
+    max_image_pixels: None (default: no limit, whatever Pillow's own) or
+      int, images with more pixels are refused.
 
   Returns:
     dict with "num_examples" (int), "num_classes" (int), "files" (sorted
-    list of shard paths) and "labels_file" (str).
+    list of shard paths), "labels_file" (str), "num_exif_oriented" (int,
+    images with an EXIF orientation other than 1) and "exif_orientation"
+    (the mode).
 
   Raises:
     FileNotFoundError: when `input_dir` or `label_file` does not exist.
@@ -273,6 +303,8 @@ def convert_image_folders(input_dir, output_prefix, num_shards=8,
   if int(num_shards) < 1:
     raise ValueError(f"num_shards must be >= 1, got {num_shards}.")
   num_shards = int(num_shards)
+  encoded_images.check_exif_mode(exif_orientation)
+  encoded_images.check_max_image_pixels(max_image_pixels)
   class_names = read_label_file(label_file) if label_file else None
   if image_labels is not None:
     examples, class_names = _collect_flat_folder(input_dir, image_labels,
@@ -286,8 +318,9 @@ def convert_image_folders(input_dir, output_prefix, num_shards=8,
   random.Random(_SHARD_ORDER_SEED).shuffle(examples)
   examples = [(path, label, class_names[label]) for path, label in examples]
   paths = sharded_writer.shard_paths(output_prefix, num_shards)
-  tasks = [(path, tmp_path, part) for (path, tmp_path), part in zip(
-      paths, sharded_writer.split(examples, num_shards))]
+  tasks = [(path, tmp_path, part, exif_orientation, max_image_pixels)
+           for (path, tmp_path), part in zip(
+               paths, sharded_writer.split(examples, num_shards))]
   written = sharded_writer.write_shards(
       _write_shard, tasks, paths, len(examples), num_processes,
       desc=os.path.basename(output_prefix), show_progress=show_progress)
@@ -295,9 +328,11 @@ def convert_image_folders(input_dir, output_prefix, num_shards=8,
   labels_path = f"{output_prefix}-labels.txt"
   _write_text_atomically(labels_path, "".join(f"{n}\n" for n in class_names))
   return {
-      "num_examples": sum(count for _, count in written),
+      "num_examples": sum(count for _, count, _ in written),
       "num_classes": len(class_names),
-      "files": sorted(path for path, _ in written),
+      "files": sorted(path for path, _, _ in written),
       "labels_file": labels_path,
+      "num_exif_oriented": sum(oriented for _, _, oriented in written),
+      "exif_orientation": exif_orientation,
   }
 

@@ -29,7 +29,8 @@ voc_dir/JPEGImages (VOC 2012 holds every SBD image), else sbd_dir/img.
 Every image becomes one tf.Example with the keys of the TF Model Garden's
 segmentation records (read by `dataloaders.segmentation_input`):
 
-  image/encoded                     bytes, the JPEG file as it is
+  image/encoded                     bytes, the JPEG file as it is (re-encoded
+                                    only to apply an EXIF orientation)
   image/format                      bytes, b"jpeg" or b"png"
   image/height, image/width         int64, pixels
   image/filename                    bytes, e.g. b"2007_000032.jpg"
@@ -40,7 +41,11 @@ segmentation records (read by `dataloaders.segmentation_input`):
   image/segmentation/class/format   bytes, b"png"
 
 The label maps are re-encoded as single-channel PNGs because TensorFlow's PNG
-decoder expands a palette into colours, not ids. Every image and label file
+decoder expands a palette into colours, not ids. Images are decoded
+completely with no Pillow pixel limit (max_image_pixels sets one); an image
+with an EXIF orientation is turned into its displayed frame and re-encoded
+(the default), refused or kept as stored, by `exif_orientation`
+(dataloaders/datasets/encoded_images.py). Every image and label file
 is checked to exist before anything is written; a label map whose size
 differs from its image, or that holds a value outside [0, num_classes) other
 than 255, stops the conversion with an error naming the file, and no shard
@@ -258,7 +263,9 @@ def read_label_map(path, source):
                        f"{label.max()}; expected a 2-D map of class ids.")
     return label.astype(np.uint8)
   try:
-    with Image.open(io.BytesIO(data)) as image:
+    # No Pillow pixel limit: a label map is as large as its image
+    # (dataloaders/datasets/encoded_images.py).
+    with encoded_images.opened_without_pixel_limit(data) as image:
       mode = image.mode
       label = np.asarray(image) if mode in ("P", "L") else None
   except Exception as e:  # PIL raises several types for bad data.
@@ -286,8 +293,18 @@ def _int_feature(values):
   return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
 
 
-def make_example(item, num_classes):
+def make_example(item, num_classes,
+                 exif_orientation=encoded_images.EXIF_APPLY,
+                 max_image_pixels=None):
   """Serialized tf.Example of one image and its label map.
+
+  Args:
+    item: _Item.
+    num_classes: int, class ids must lie in [0, num_classes) or be 255.
+    exif_orientation, max_image_pixels: see `convert_pascal`.
+
+  Returns:
+    (serialized tf.Example, the image's EXIF orientation 1..8).
 
   Raises:
     ValueError: unreadable files, sizes that differ, or class ids outside
@@ -299,18 +316,25 @@ def make_example(item, num_classes):
       data = f.read()
   except (tf.errors.OpError, OSError) as e:
     raise ValueError(f"Cannot read {where}: {e}") from e
-  image_format = encoded_images.image_format(data)
-  if image_format is None:
-    raise ValueError(f"{where[0].upper()}{where[1:]} is neither JPEG nor PNG "
-                     f"(it starts with {data[:8]!r}); expected a JPEG or PNG "
-                     "image.")
-  height, width = encoded_images.decoded_size(data, where)
+  image = encoded_images.read_image(data, where, exif_orientation,
+                                    max_image_pixels)
+  data, height, width = image.data, image.height, image.width
   label = read_label_map(item.label_path, item.source)
   if label.shape != (height, width):
+    hint = ""
+    if image.orientation in (5, 6, 7, 8) and label.shape == (width, height):
+      hint = (f" The image has EXIF orientation {image.orientation} "
+              f"({encoded_images.ORIENTATIONS[image.orientation]}); with "
+              f"exif_orientation='{exif_orientation}' its size is the "
+              f"{'displayed' if image.reencoded else 'stored'} one, and the "
+              "label map's is that of the other frame: pass "
+              f"exif_orientation='{'ignore' if image.reencoded else 'apply'}'"
+              " if the label map follows the "
+              f"{'stored pixels' if image.reencoded else 'displayed image'}.")
     raise ValueError(
         f"Label file '{item.label_path}' is {label.shape[0]}x{label.shape[1]} "
         f"(height x width) but its image '{item.image_path}' is "
-        f"{height}x{width}; expected the same size.")
+        f"{height}x{width}; expected the same size.{hint}")
   values = np.unique(label)
   bad = values[(values >= num_classes) & (values != IGNORE_LABEL)]
   if bad.size:
@@ -320,7 +344,7 @@ def make_example(item, num_classes):
         f"{IGNORE_LABEL} marks unlabelled pixels).")
   feature = {
       "image/encoded": _bytes_feature([data]),
-      "image/format": _bytes_feature([image_format.encode()]),
+      "image/format": _bytes_feature([image.image_format.encode()]),
       "image/height": _int_feature([height]),
       "image/width": _int_feature([width]),
       "image/filename": _bytes_feature(
@@ -331,20 +355,40 @@ def make_example(item, num_classes):
       "image/segmentation/class/encoded": _bytes_feature([_encode_png(label)]),
       "image/segmentation/class/format": _bytes_feature([b"png"]),
   }
-  return tf.train.Example(
+  serialized = tf.train.Example(
       features=tf.train.Features(feature=feature)).SerializeToString()
+  return serialized, image.orientation
 
 
 def _write_shard(task):
-  """Writes one shard: task is (path, temporary path, [_Item], num_classes)."""
-  path, tmp_path, items, num_classes = task
-  return sharded_writer.write_records(
-      path, tmp_path, (make_example(item, num_classes) for item in items))
+  """Writes one shard.
+
+  Args:
+    task: (path, temporary path, [_Item], num_classes, exif_orientation,
+      max_image_pixels).
+
+  Returns:
+    (path, records written, images with an EXIF orientation other than 1).
+  """
+  path, tmp_path, items, num_classes, exif_orientation, max_pixels = task
+  oriented = []
+
+  def records():
+    for item in items:
+      serialized, orientation = make_example(item, num_classes,
+                                             exif_orientation, max_pixels)
+      oriented.append(orientation != 1)
+      yield serialized
+
+  path, count = sharded_writer.write_records(path, tmp_path, records())
+  return path, count, sum(oriented)
 
 
 def convert_pascal(voc_dir, split, output_file_prefix, sbd_dir=None,
                    num_shards=8, num_classes=len(VOC_CLASSES),
-                   num_processes=None, show_progress=True):
+                   num_processes=None, show_progress=True,
+                   exif_orientation=encoded_images.EXIF_APPLY,
+                   max_image_pixels=None):
   """Converts one split of PASCAL VOC 2012 segmentation into TFRecords.
 
   Args:
@@ -360,11 +404,19 @@ def convert_pascal(voc_dir, split, output_file_prefix, sbd_dir=None,
     num_processes: int, worker processes; None: min(num_shards, CPUs); 1 or
       0: in this process.
     show_progress: bool, show a tqdm progress bar.
+    exif_orientation: "apply" (default: label maps follow the displayed
+      image; an oriented image is turned and re-encoded), "error" or
+      "ignore" (label maps follow the stored pixels); see
+      `dataloaders.datasets.encoded_images`.
+    max_image_pixels: None (default: no limit, whatever Pillow's own) or
+      int, images with more pixels are refused.
 
   Returns:
     dict "num_images" (written), "num_voc_labels" and "num_sbd_labels"
     (label maps taken from VOC and from SBD), "sbd_label_source" (None,
-    "SegmentationClassAug PNG" or "cls .mat"), "files" (sorted shard paths).
+    "SegmentationClassAug PNG" or "cls .mat"), "num_exif_oriented" (images
+    with an EXIF orientation other than 1), "exif_orientation" (the mode),
+    "files" (sorted shard paths).
 
   Raises:
     FileNotFoundError, ValueError: see `plan_split` and `make_example`; no
@@ -372,13 +424,16 @@ def convert_pascal(voc_dir, split, output_file_prefix, sbd_dir=None,
   """
   if int(num_shards) < 1:
     raise ValueError(f"num_shards must be >= 1, got {num_shards}.")
+  encoded_images.check_exif_mode(exif_orientation)
+  encoded_images.check_max_image_pixels(max_image_pixels)
   if not 2 <= int(num_classes) <= IGNORE_LABEL:
     raise ValueError(f"num_classes must be in [2, {IGNORE_LABEL}], got "
                      f"{num_classes}.")
   items = plan_split(voc_dir, split, sbd_dir)
   random.Random(_SHARD_ORDER_SEED).shuffle(items)
   paths = sharded_writer.shard_paths(output_file_prefix, int(num_shards))
-  tasks = [(path, tmp_path, part, int(num_classes))
+  tasks = [(path, tmp_path, part, int(num_classes), exif_orientation,
+            max_image_pixels)
            for (path, tmp_path), part in zip(
                paths, sharded_writer.split(items, int(num_shards)))]
   written = sharded_writer.write_shards(
@@ -388,13 +443,15 @@ def convert_pascal(voc_dir, split, output_file_prefix, sbd_dir=None,
   sbd_source = (SOURCE_SBD_PNG if sources[SOURCE_SBD_PNG] else
                 SOURCE_SBD_MAT if sources[SOURCE_SBD_MAT] else None)
   return {
-      "num_images": sum(count for _, count in written),
+      "num_images": sum(count for _, count, _ in written),
       "num_voc_labels": sources[SOURCE_VOC],
       "num_sbd_labels": sources[SOURCE_SBD_PNG] + sources[SOURCE_SBD_MAT],
       "sbd_label_source": {SOURCE_SBD_PNG: "SegmentationClassAug PNG",
                            SOURCE_SBD_MAT: "cls .mat",
                            None: None}[sbd_source],
-      "files": sorted(path for path, _ in written),
+      "num_exif_oriented": sum(oriented for _, _, oriented in written),
+      "exif_orientation": exif_orientation,
+      "files": sorted(path for path, _, _ in written),
   }
 
 
@@ -406,5 +463,12 @@ def format_summary(summary):
   if summary["num_sbd_labels"]:
     sbd = (f", {summary['num_sbd_labels']} from SBD "
            f"({summary['sbd_label_source']})")
-  return (f"Wrote {summary['num_images']} images to {len(files)} shards "
+  text = (f"Wrote {summary['num_images']} images to {len(files)} shards "
           f"{where}: label maps {summary['num_voc_labels']} from VOC{sbd}.")
+  if summary.get("num_exif_oriented"):
+    done = ("turned to their displayed frame and re-encoded"
+            if summary["exif_orientation"] == encoded_images.EXIF_APPLY else
+            "kept as stored (exif_orientation=ignore)")
+    text += (f" {summary['num_exif_oriented']} images had an EXIF "
+             f"orientation: {done}.")
+  return text

@@ -82,8 +82,9 @@ def write_shards(write_shard_fn, tasks, paths, total, num_processes=None,
   """Runs `write_shard_fn` on every task, removing all shards on failure.
 
   Args:
-    write_shard_fn: module-level function task -> (path, records written),
-      reporting progress through `report_done` (or `write_records`).
+    write_shard_fn: module-level function task -> (path, records written,
+      anything else the converter counts), reporting progress through
+      `report_done` (or `write_records`).
     tasks: list, one picklable task per shard.
     paths: list of (final path, temporary path), one per shard.
     total: int, records of all shards, for the progress bar.
@@ -93,7 +94,7 @@ def write_shards(write_shard_fn, tasks, paths, total, num_processes=None,
     show_progress: bool, show a tqdm progress bar.
 
   Returns:
-    list of (path, records written), in task order.
+    list of what write_shard_fn returned, in task order.
   """
   parents = {os.path.dirname(path) for path, _ in paths}
   for parent in sorted(p for p in parents if p):

@@ -6,3 +6,4 @@ from modeling.backbones import eff_spinenet
 from modeling.backbones import resnet
 from modeling.backbones import spinenet
 from modeling.backbones import spinenet_mbconv
+from modeling.backbones import spnet

@@ -2,5 +2,6 @@
 (modeling/decoders/registry.py): each module below registers its own."""
 
 # pylint: disable=unused-import
+from modeling.decoders import auto_fpn
 from modeling.decoders import fpn
 from modeling.decoders import identity

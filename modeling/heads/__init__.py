@@ -2,6 +2,7 @@
 each module below registers its own."""
 
 # pylint: disable=unused-import
+from modeling.heads import auto_head
 from modeling.heads import classification
 from modeling.heads import fast_rcnn
 from modeling.heads import mask_head

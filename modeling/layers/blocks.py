@@ -4,6 +4,18 @@ Each block maps [batch, H, W, C_in] to [batch, ceil(H / strides),
 ceil(W / strides), output_filters]: `filters` for ResidualBlock and
 4 * `filters` for BottleneckBlock and ResNeXtBlock. DropBlock, when enabled,
 follows every batch norm of the block; stochastic depth drops the residual branch.
+
+Shortcut: a 1x1 conv + batch norm with the block's stride when
+use_projection, else the identity; a strided block without projection
+subsamples its input (x[:, ::s, ::s], what a 1x1 stride-s identity conv with
+'same' padding computes) and has no shortcut weights. A block's variables
+then never depend on its stride, which SP-NAS's swap relies on (SP-NAS
+Sec. 3.1; modeling/backbones/spnet.py).
+
+zero_init_residual starts the last batch norm of the residual branch at
+scale 0 (Goyal et al. 2017, "Accurate, Large Minibatch SGD", experimental
+settings), so a new block without projection starts as the identity (SP-NAS
+Sec. 3.1, "expand").
 """
 
 import keras
@@ -22,7 +34,8 @@ class _ResidualBase(keras.layers.Layer):
   def __init__(self, filters, strides=1, use_projection=False,
                stochastic_depth_rate=None, activation="relu",
                use_sync_bn=False, norm_momentum=0.99, norm_epsilon=1e-3,
-               dropblock_keep_prob=None, dropblock_size=3, **kwargs):
+               dropblock_keep_prob=None, dropblock_size=3,
+               zero_init_residual=False, **kwargs):
     super().__init__(**kwargs)
     self.filters = filters
     self.strides = strides
@@ -34,10 +47,15 @@ class _ResidualBase(keras.layers.Layer):
     self.norm_epsilon = norm_epsilon
     self.dropblock_keep_prob = dropblock_keep_prob
     self.dropblock_size = dropblock_size
+    self.zero_init_residual = zero_init_residual
     if use_projection:
       self.shortcut = self._conv(self.output_filters, 1, strides, None, "shortcut")
       self.shortcut_dropblock = self._dropblock("shortcut_dropblock")
     self.branch = tracked_list(self, "branch", self._make_branch())
+    if zero_init_residual:
+      # Set before the batch norm is built, so its gamma is created as zeros
+      # (ConvBNAct builds its batch norm in its own build()).
+      self.branch[-1].bn.gamma_initializer = keras.initializers.Zeros()
     self.branch_dropblocks = tracked_list(
         self, "branch_dropblock",
         [self._dropblock(f"dropblock_{i}") for i in range(len(self.branch))])
@@ -78,6 +96,8 @@ class _ResidualBase(keras.layers.Layer):
     if self.use_projection:
       shortcut = self.shortcut(inputs, training=training)
       shortcut = self.shortcut_dropblock(shortcut, training=training)
+    elif self.strides > 1:
+      shortcut = inputs[:, ::self.strides, ::self.strides, :]
     x = inputs
     for layer, dropblock in zip(self.branch, self.branch_dropblocks):
       x = dropblock(layer(x, training=training), training=training)
@@ -100,7 +120,8 @@ class _ResidualBase(keras.layers.Layer):
         activation=self.activation, use_sync_bn=self.use_sync_bn,
         norm_momentum=self.norm_momentum, norm_epsilon=self.norm_epsilon,
         dropblock_keep_prob=self.dropblock_keep_prob,
-        dropblock_size=self.dropblock_size)
+        dropblock_size=self.dropblock_size,
+        zero_init_residual=self.zero_init_residual)
     return config
 
 

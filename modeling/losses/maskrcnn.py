@@ -1,7 +1,9 @@
-"""Mask R-CNN losses: RPN, Fast R-CNN and mask terms.
+"""Mask R-CNN and Faster R-CNN losses: RPN, Fast R-CNN and mask terms.
 
 He et al., "Mask R-CNN" (2017), Sec. 3 (L = L_cls + L_box + L_mask) with
-the RPN terms of Ren et al., "Faster R-CNN" (2015), Sec. 3.1.2.
+the RPN terms of Ren et al., "Faster R-CNN" (2015), Sec. 3.1.2. Faster
+R-CNN (a model without a mask head, include_mask=False) has the same terms
+without mask_loss.
 
 Terms (the public SpineNet / Model Garden Mask R-CNN, all weights 1):
 - rpn_score_loss: sigmoid cross-entropy of the objectness logits over the
@@ -41,6 +43,9 @@ from modeling.ops.anchors import flatten_levels
 
 LOSS_NAMES = ("rpn_score_loss", "rpn_box_loss", "frcnn_class_loss",
               "frcnn_box_loss", "mask_loss")
+# The terms of Faster R-CNN (include_mask=False).
+BOX_LOSS_NAMES = LOSS_NAMES[:4]
+MASK_OUTPUTS = ("mask_logits", "mask_classes", "mask_targets")
 
 
 def _count(mask, global_normalizer):
@@ -173,13 +178,13 @@ def maskrcnn_losses(outputs, labels, global_batch_size,
                     frcnn_huber_delta=1.0, rpn_score_weight=1.0,
                     rpn_box_weight=1.0, frcnn_class_weight=1.0,
                     frcnn_box_weight=1.0, mask_weight=1.0,
-                    global_normalizer=True):
-  """This replica's share of every Mask R-CNN loss term.
+                    global_normalizer=True, include_mask=True):
+  """This replica's share of every Mask R-CNN (or Faster R-CNN) loss term.
 
   Args:
     outputs: the training outputs of MaskRCNNModel (rpn_scores, rpn_boxes,
-      class_logits, box_deltas, roi_classes, box_targets, mask_logits,
-      mask_classes, mask_targets).
+      class_logits, box_deltas, roi_classes, box_targets, and with
+      include_mask mask_logits, mask_classes, mask_targets).
     labels: dict with rpn_score_targets and rpn_box_targets (dicts per
       level, dataloaders/maskrcnn_input.py); other keys are ignored.
     global_batch_size: images in the global batch.
@@ -188,20 +193,35 @@ def maskrcnn_losses(outputs, labels, global_batch_size,
     *_weight: weights of the terms in total_loss.
     global_normalizer: count over all replicas (module docstring); False:
       this replica's counts only.
+    include_mask: True for Mask R-CNN; False for Faster R-CNN (a model
+      without a mask head): no mask term, mask_weight unused.
   Returns:
-    dict of float32 scalars: total_loss (weighted sum) and LOSS_NAMES.
+    dict of float32 scalars: total_loss (weighted sum) and LOSS_NAMES, or
+    BOX_LOSS_NAMES without include_mask.
   Raises:
-    ValueError: for missing outputs or labels, or mismatched shapes.
+    ValueError: for missing outputs or labels, mask outputs without
+      include_mask, or mismatched shapes.
   """
-  missing = [k for k in ("rpn_scores", "rpn_boxes", "class_logits",
-                         "box_deltas", "roi_classes", "box_targets",
-                         "mask_logits", "mask_classes", "mask_targets")
-             if k not in outputs]
+  expected = ("rpn_scores", "rpn_boxes", "class_logits", "box_deltas",
+              "roi_classes", "box_targets")
+  if include_mask:
+    expected += MASK_OUTPUTS
+  missing = [k for k in expected if k not in outputs]
   if missing:
     raise ValueError(
         f"maskrcnn_losses: the model outputs lack {missing} (got "
         f"{sorted(outputs)}); call the model with training=True and "
-        "gt_boxes, gt_classes and gt_masks.")
+        f"gt_boxes, gt_classes{' and gt_masks' if include_mask else ''}"
+        f"{'' if include_mask else ' (include_mask=False: Faster R-CNN)'}.")
+  unexpected = [k for k in MASK_OUTPUTS if k in outputs]
+  if not include_mask and unexpected:
+    # A model with a mask head trained without its loss would leave that
+    # head at its initial weights; mask_weight=0 says so explicitly.
+    raise ValueError(
+        f"maskrcnn_losses: include_mask=False (Faster R-CNN) but the model "
+        f"outputs hold {unexpected}: the model has a mask head. Build it "
+        "with mask_head=None, or compute the losses with include_mask=True "
+        "(mask_weight=0 to leave the masks untrained).")
   missing = [k for k in ("rpn_score_targets", "rpn_box_targets")
              if k not in labels]
   if missing:
@@ -217,11 +237,13 @@ def maskrcnn_losses(outputs, labels, global_batch_size,
   frcnn_class, frcnn_box = fast_rcnn_losses(
       outputs["class_logits"], outputs["box_deltas"], outputs["roi_classes"],
       outputs["box_targets"], frcnn_huber_delta, global_normalizer)
-  mask = mask_loss(outputs["mask_logits"], outputs["mask_targets"],
-                   outputs["mask_classes"], global_normalizer)
   total = (rpn_score_weight * rpn_score + rpn_box_weight * rpn_box +
-           frcnn_class_weight * frcnn_class + frcnn_box_weight * frcnn_box +
-           mask_weight * mask)
-  return {"total_loss": total, "rpn_score_loss": rpn_score,
-          "rpn_box_loss": rpn_box, "frcnn_class_loss": frcnn_class,
-          "frcnn_box_loss": frcnn_box, "mask_loss": mask}
+           frcnn_class_weight * frcnn_class + frcnn_box_weight * frcnn_box)
+  losses = {"rpn_score_loss": rpn_score, "rpn_box_loss": rpn_box,
+            "frcnn_class_loss": frcnn_class, "frcnn_box_loss": frcnn_box}
+  if include_mask:
+    losses["mask_loss"] = mask_loss(
+        outputs["mask_logits"], outputs["mask_targets"],
+        outputs["mask_classes"], global_normalizer)
+    total += mask_weight * losses["mask_loss"]
+  return {"total_loss": total, **losses}

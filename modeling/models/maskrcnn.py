@@ -1,21 +1,26 @@
-"""Mask R-CNN: backbone -> decoder -> RPN -> proposals -> box and mask heads.
+"""Mask R-CNN and Faster R-CNN: backbone, decoder, RPN, proposals, heads.
 
 He et al., "Mask R-CNN" (2017), in the form the SpineNet Mask R-CNN results
 were obtained with: levels 3..7, heads with batch norm
-(docs/model_garden_conventions.md).
+(docs/model_garden_conventions.md). Without a mask head (mask_head=None)
+the same model is Faster R-CNN (Ren et al. 2015) with FPN (Lin et al.
+2017), the two-stage detector SP-NAS (Sec. 4.1, "RPN and RCNN head on the
+backbone") and Auto-FPN (Sec. 3.1) evaluate their backbones and necks
+with: every step below except the mask branch, and no mask output.
 Training and inference take different paths through the second stage, so
 the model is a keras.Model subclass rather than one functional graph:
 
   training:  features -> RPN -> proposals (pre-NMS 2000 per level, 1000
              kept) -> ROIs sampled against the ground truth (512 per image,
-             25% foreground) -> 7x7 ROI Align -> Fast R-CNN head; the first
-             num_mask_samples sampled ROIs (the foregrounds come first) ->
-             14x14 ROI Align -> mask head, logits of each ROI's own class.
+             25% foreground) -> 7x7 ROI Align -> Fast R-CNN head; with a
+             mask head, the first num_mask_samples sampled ROIs (the
+             foregrounds come first) -> 14x14 ROI Align -> mask head,
+             logits of each ROI's own class.
   inference: features -> RPN -> proposals (1000 / 1000) -> 7x7 ROI Align ->
              Fast R-CNN head -> class-specific boxes decoded against their
-             proposal, class-aware NMS (score 0.05, IoU 0.5, 100 kept) ->
-             14x14 ROI Align of the detections -> mask head -> 28x28 mask
-             probabilities of each detection's class.
+             proposal, class-aware NMS (score 0.05, IoU 0.5, 100 kept); with
+             a mask head, -> 14x14 ROI Align of the detections -> mask head
+             -> 28x28 mask probabilities of each detection's class.
 
 Choices written down here as the project rule:
 - Proposals, sampled ROIs and detections are clipped to each image's valid
@@ -42,7 +47,14 @@ Choices written down here as the project rule:
   levels and the ROI Align levels must be produced by the decoder (or the
   backbone when there is none); a mismatch is a ValueError naming both
   ranges (Model Garden's Mask R-CNN defaults to levels 2..6; on a SpineNet
-  backbone producing 3..7 that must not end in a bare KeyError).
+  backbone producing 3..7 that must not end in a bare KeyError). The FPN
+  paper's layout, RPN and anchors on P2..P6 and ROI Align on P2..P5 (P6
+  exists only for the 512-pixel anchors, Lin et al. 2017, Sec. 4.1), is
+  roi_max_level = the RPN's max_level - 1.
+- Without a mask head, gt_masks is neither needed nor read, and the
+  outputs hold no mask entry in training or inference; the settings of the
+  mask branch (num_mask_samples, mask_roi_output_size) are still checked
+  and kept in the config, so one config format serves both models.
 - Every output is float32 under mixed precision (the heads cast their
   predictions; targets, boxes and masks are computed in float32). The
   model does not autocast its inputs, so ground-truth boxes and masks keep
@@ -73,7 +85,7 @@ INPUT_KEYS = ("images", "gt_boxes", "gt_classes", "gt_masks", "image_shape")
 
 @keras.saving.register_keras_serializable(package="spinenet")
 class MaskRCNNModel(keras.Model):
-  """Mask R-CNN; see the module docstring for the two call paths.
+  """Mask R-CNN, or Faster R-CNN without a mask head; see the module docstring.
 
   Call: model(inputs, gt_boxes=None, gt_classes=None, gt_masks=None,
   image_shape=None, training=False), where `inputs` is either the images
@@ -87,7 +99,7 @@ class MaskRCNNModel(keras.Model):
     gt_classes: int32 [B, M] class ids, 0 as padding (training; required).
     gt_masks: float32 [B, M, K, K], each instance's mask cropped to its own
       box (dataloaders/maskrcnn_input.py; training, optional: without it no
-      mask_targets are output).
+      mask_targets are output; ignored without a mask head).
     image_shape: float32 [B, 2] valid (height, width) of each image in
       pixels of the input (the unpadded part); default (S, S).
 
@@ -106,13 +118,14 @@ class MaskRCNNModel(keras.Model):
     mask_classes: int32 [B, F], roi_classes of those rows (> 0:
       foreground, the only rows with a mask loss).
     mask_targets: [B, F, 28, 28] in {0, 1} (only with gt_masks).
+    The three mask_* entries only with a mask head.
   Inference returns, D = max_detections:
     detection_boxes: [B, D, 4] (ymin, xmin, ymax, xmax) pixels of the input.
     detection_scores: [B, D] softmax probabilities, decreasing.
     detection_classes: int32 [B, D], 1..C-1 (0 for padding).
     num_detections: int32 [B].
     detection_masks: [B, D, 28, 28] mask probabilities over each detection
-      box (zeros for padding).
+      box (zeros for padding); only with a mask head.
 
   Args:
     backbone: keras.Model images [B, S, S, 3] -> dict str(level) -> map, with
@@ -121,12 +134,13 @@ class MaskRCNNModel(keras.Model):
       [B, S / 2^l, S / 2^l, C] features, or None.
     rpn_head: an RPNHead; its levels are the anchor levels.
     fast_rcnn_head: a FastRCNNHead.
-    mask_head: a MaskHead with the Fast R-CNN head's num_classes.
+    mask_head: a MaskHead with the Fast R-CNN head's num_classes, or None
+      for Faster R-CNN (no mask branch, no mask outputs).
     num_scales, aspect_ratios, anchor_size: the RPN anchors (the public
       SpineNet Mask R-CNN: 1, (0.5, 1, 2), 3), as the input pipeline builds
       them.
     roi_min_level, roi_max_level: levels ROI Align may read (default: the
-      RPN head's levels).
+      RPN head's levels; FPN's Faster R-CNN: 2 and 5 under an RPN on 2..6).
     rpn_pre_nms_top_k, rpn_post_nms_top_k, rpn_nms_iou_threshold,
       rpn_min_size: training proposals (2000, 1000, 0.7, 0).
     test_rpn_pre_nms_top_k, test_rpn_post_nms_top_k,
@@ -134,7 +148,8 @@ class MaskRCNNModel(keras.Model):
     num_sampled_rois, foreground_fraction, foreground_iou,
       background_iou_high, background_iou_low, mix_gt_boxes: ROI sampling
       (512, 0.25, 0.5, 0.5, 0.0, True); see modeling.ops.roi_sampler.
-    num_mask_samples: ROIs per image given to the mask head in training.
+    num_mask_samples: ROIs per image given to the mask head in training
+      (checked but unused without a mask head).
     roi_output_size: ROI Align bins of the Fast R-CNN head (7).
     mask_roi_output_size: ROI Align bins of the mask head (14); the masks
       are this times the mask head's upsample_factor (28).
@@ -162,19 +177,24 @@ class MaskRCNNModel(keras.Model):
                roi_aligned=True, pre_nms_top_k=5000, score_threshold=0.05,
                nms_iou_threshold=0.5, max_detections=100,
                nms_method="combined", **kwargs):
-    kwargs.setdefault("name", "maskrcnn")
+    kwargs.setdefault("name",
+                      "maskrcnn" if mask_head is not None else "faster_rcnn")
     kwargs["autocast"] = False
     super().__init__(**kwargs)
-    for name, head, kind in (("rpn_head", rpn_head, RPNHead),
-                             ("fast_rcnn_head", fast_rcnn_head, FastRCNNHead),
-                             ("mask_head", mask_head, MaskHead)):
+    heads = [("rpn_head", rpn_head, RPNHead),
+             ("fast_rcnn_head", fast_rcnn_head, FastRCNNHead)]
+    if mask_head is not None:
+      heads.append(("mask_head", mask_head, MaskHead))
+    for name, head, kind in heads:
       if not isinstance(head, kind):
-        raise ValueError(f"MaskRCNNModel: {name} must be a {kind.__name__}, "
-                         f"got {type(head).__name__}.")
+        raise ValueError(f"MaskRCNNModel: {name} must be a {kind.__name__}"
+                         f"{' or None' if name == 'mask_head' else ''}, got "
+                         f"{type(head).__name__}.")
     if nms_method not in NMS_METHODS:
       raise ValueError(f"MaskRCNNModel: nms_method must be one of "
                        f"{NMS_METHODS}, got {nms_method!r}.")
-    if mask_head.num_classes != fast_rcnn_head.num_classes:
+    if (mask_head is not None and
+        mask_head.num_classes != fast_rcnn_head.num_classes):
       raise ValueError(
           f"MaskRCNNModel: the Fast R-CNN head has {fast_rcnn_head.num_classes}"
           f" classes but the mask head has {mask_head.num_classes}; both "
@@ -188,7 +208,7 @@ class MaskRCNNModel(keras.Model):
                          f"got {value!r}.")
 
     # The feature levels, from a symbolic pass (nothing is computed).
-    _, features, source = features_lib.multilevel_features(
+    images, features, source = features_lib.multilevel_features(
         backbone, decoder, "MaskRCNNModel", "the anchors depend on it")
     if not isinstance(features, dict):
       raise ValueError(f"MaskRCNNModel: the {source} must output a dict "
@@ -215,6 +235,8 @@ class MaskRCNNModel(keras.Model):
           f"{ {l: features[l].shape[-1] for l in roi_levels} }.")
     input_shape = tuple(backbone.input_shape[1:])
 
+    # The symbolic input of that pass; `inputs` reports it (see there).
+    self._symbolic_images = images
     self.backbone = backbone
     self.decoder = decoder
     self.rpn_head = rpn_head
@@ -229,7 +251,9 @@ class MaskRCNNModel(keras.Model):
           f"{rpn_head.num_anchors_per_location} anchors per location but "
           f"num_scales={num_scales} x {len(tuple(aspect_ratios))} aspect "
           f"ratios give {self.anchors.anchors_per_location}.")
-    self.mask_size = int(mask_roi_output_size) * mask_head.upsample_factor
+    # Side of the mask outputs and targets; None without a mask head.
+    self.mask_size = (None if mask_head is None else
+                      int(mask_roi_output_size) * mask_head.upsample_factor)
     self._settings = dict(
         num_scales=int(num_scales), aspect_ratios=list(aspect_ratios),
         anchor_size=float(anchor_size), roi_min_level=roi_min_level,
@@ -267,7 +291,7 @@ class MaskRCNNModel(keras.Model):
         (self.rpn_head, feature_shapes),
         (self.fast_rcnn_head, (None, None, box_bins, box_bins, channels)),
         (self.mask_head, (None, None, mask_bins, mask_bins, channels))):
-      if not head.built:
+      if head is not None and not head.built:
         head.build(shape)
     self.built = True
 
@@ -275,6 +299,19 @@ class MaskRCNNModel(keras.Model):
   def input_shape(self):
     """(None, S, S, 3), as a functional model reports it."""
     return (None,) + tuple(self.backbone.input_shape[1:])
+
+  @property
+  def inputs(self):
+    """[images KerasTensor (None, S, S, 3)], as a functional model reports it.
+
+    The input the backbone (and the decoder after it) were applied to when
+    the model was made. official/core/checkpointing.py (model_modules) finds
+    the backbone and the decoder of an assembly this way, so that
+    Trainer.init_checkpoint_modules can restore them alone, e.g. an
+    ImageNet-trained ResNet-50 under a Faster R-CNN (SP-NAS Sec. 4.1 starts
+    from ImageNet-pretrained backbones).
+    """
+    return [self._symbolic_images]
 
   @property
   def num_classes(self):
@@ -363,6 +400,8 @@ class MaskRCNNModel(keras.Model):
         "box_targets": encode_box_targets(rois, sample["matched_gt_boxes"],
                                           classes, BOX_CODER_WEIGHTS),
     }
+    if self.mask_head is None:
+      return outputs
 
     count = min(s["num_mask_samples"], s["num_sampled_rois"])
     mask_rois = rois[:, :count]
@@ -389,6 +428,8 @@ class MaskRCNNModel(keras.Model):
         training=False)
     detections = self.decode_detections(class_logits, box_deltas, proposals,
                                         image_shape)
+    if self.mask_head is None:
+      return detections
     mask_features = self._roi_align(features, detections["detection_boxes"],
                                     s["mask_roi_output_size"])
     logits = self.mask_head(mask_features,
@@ -471,7 +512,8 @@ class MaskRCNNModel(keras.Model):
         decoder=None if self.decoder is None else serialize(self.decoder),
         rpn_head=serialize(self.rpn_head),
         fast_rcnn_head=serialize(self.fast_rcnn_head),
-        mask_head=serialize(self.mask_head))
+        mask_head=(None if self.mask_head is None else
+                   serialize(self.mask_head)))
 
   @classmethod
   def from_config(cls, config, custom_objects=None):

@@ -1,4 +1,4 @@
-"""Checkpoints of (model, optimizer, step) via tf.train.CheckpointManager.
+"""Checkpoints of (model, optimizer, step): save, keep the last K, restore.
 
 - `Checkpointer.save` writes MODEL_DIR/ckpt-<step> and keeps the last K.
   Under MultiWorkerMirroredStrategy every worker must call it (variables are
@@ -9,25 +9,48 @@
   NoCheckpointError when there is none.
 - A checkpoint that does not fit the model (another architecture, another
   number of classes) raises CheckpointMismatchError, which lists the variables
-  by name with the expected and the found shape.
+  by name with the expected and the found shape. Shapes are compared before
+  anything is restored, so nothing is half-restored and TensorFlow prints
+  nothing after the message.
+- `Checkpointer.set_aside` moves a checkpoint out of the index (a diverged
+  one, official/core/train_loop.py), so that runs resume from the one
+  before it.
 - `restore_modules` initialises parts of a model (its backbone, its decoder)
   from another model's checkpoint, e.g. a segmenter's backbone from a
   RetinaNet trained with the same backbone config (fine-tuning), and reports
   the variables it did not restore.
 
-tf.train.CheckpointManager writes the checkpoint files first and the
-`checkpoint` index file last (atomically), so a run killed while saving resumes
-from the previous complete checkpoint.
+A save writes the checkpoint under a temporary name, renames it into place
+(its .index last), then replaces the `checkpoint` index (atomically), so a
+run killed while saving resumes from the previous complete checkpoint and no
+ckpt-N.index is ever partial (`Checkpointer.save`). The `checkpoint` index
+has the format of tf.train.CheckpointManager, which tf.train.latest_checkpoint
+reads.
 """
 
+import os
 import tempfile
+import time
+import uuid
 
 import keras
 import tensorflow as tf
 from absl import logging
+from google.protobuf import text_format
 from tensorflow.core.protobuf import trackable_object_graph_pb2
+from tensorflow.python.training import checkpoint_state_pb2
 
 _MAX_LISTED = 20
+# Prefix of the files a save writes before renaming them into place.
+_TEMPORARY = ".tmp-"
+
+
+def _remove(path):
+  """Deletes a file if it exists (a kill may have left it, or not)."""
+  try:
+    tf.io.gfile.remove(path)
+  except tf.errors.NotFoundError:
+    pass
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -62,7 +85,6 @@ class Checkpointer:
     self.checkpoint = tf.train.Checkpoint(**objects)
     self.global_step = global_step
     self.keep = keep
-    self._manager = None
 
   @property
   def latest(self):
@@ -72,21 +94,135 @@ class Checkpointer:
   def save(self):
     """Writes a checkpoint numbered by the global step; returns its path.
 
+    On the chief: the checkpoint is written under a temporary prefix, its
+    data files are renamed to MODEL_DIR/ckpt-<step>.* and its .index last,
+    then the `checkpoint` index is replaced (written aside and renamed), then
+    the checkpoints beyond the last `keep` are deleted (.index first). A
+    ckpt-N.index therefore only exists once the whole checkpoint does: a kill
+    at any moment leaves every checkpoint readable (TensorFlow 2.21 writes a
+    checkpoint's .index in place, and a kill while tf.train.CheckpointManager
+    saved left a truncated one: tests/official/test_kill_resume.py). What a
+    killed save leaves (a temporary checkpoint, data without an .index) is
+    removed by the next save.
+
     On a non-chief worker, the returned path was already removed.
     """
     step = int(self.global_step.numpy())
-    if self.chief:
-      if self._manager is None:
-        self._manager = tf.train.CheckpointManager(
-            self.checkpoint, self.model_dir, max_to_keep=self.keep)
-      return self._manager.save(checkpoint_number=step)
-    scratch = tempfile.mkdtemp(prefix="ckpt_nonchief_")
-    try:
-      manager = tf.train.CheckpointManager(self.checkpoint, scratch,
-                                           max_to_keep=1)
-      return manager.save(checkpoint_number=step)
-    finally:
-      tf.io.gfile.rmtree(scratch)
+    if not self.chief:
+      scratch = tempfile.mkdtemp(prefix="ckpt_nonchief_")
+      try:
+        manager = tf.train.CheckpointManager(self.checkpoint, scratch,
+                                             max_to_keep=1)
+        return manager.save(checkpoint_number=step)
+      finally:
+        tf.io.gfile.rmtree(scratch)
+    name = f"ckpt-{step}"
+    path = tf.io.gfile.join(self.model_dir, name)
+    self.checkpoint.save_counter.assign_add(1)  # As CheckpointManager does.
+    written = self.checkpoint.write(tf.io.gfile.join(
+        self.model_dir, f"{_TEMPORARY}{name}-{uuid.uuid4().hex}"))
+    # An older ckpt-<step>.index (a save of this step that was not indexed
+    # before a kill) must not describe the new data files.
+    _remove(f"{path}.index")
+    files = tf.io.gfile.glob(f"{written}.*")
+    for file in sorted(files, key=lambda f: f.endswith(".index")):
+      tf.io.gfile.rename(file, path + file[len(written):], overwrite=True)
+    names, times, preserved = self._read_index()
+    kept = [(n, t) for n, t in zip(names, times) if n != name]
+    kept.append((name, time.time()))
+    dropped, kept = kept[:-self.keep], kept[-self.keep:]
+    self._write_index([n for n, _ in kept], [t for _, t in kept], preserved)
+    for old, _ in dropped:
+      old_path = tf.io.gfile.join(self.model_dir, old)
+      _remove(f"{old_path}.index")
+      for data in tf.io.gfile.glob(f"{old_path}.data-*"):
+        _remove(data)
+    self._remove_leftovers()
+    return path
+
+  def _read_index(self):
+    """(checkpoint names, timestamps, last_preserved_timestamp) indexed."""
+    state = tf.train.get_checkpoint_state(self.model_dir)
+    if state is None:
+      return [], [], None
+    names = [os.path.basename(p) for p in state.all_model_checkpoint_paths]
+    times = list(state.all_model_checkpoint_timestamps)
+    if len(times) != len(names):  # Not written by a CheckpointManager.
+      times = [time.time()] * len(names)
+    return names, times, state.last_preserved_timestamp
+
+  def _write_index(self, names, times, last_preserved):
+    """Replaces the `checkpoint` index; removes it when `names` is empty.
+
+    The format of tf.train.CheckpointManager (paths relative to model_dir),
+    so that tf.train.latest_checkpoint and the manager read it. Written to a
+    temporary file and renamed: a kill leaves the old or the new index.
+    """
+    index = tf.io.gfile.join(self.model_dir, "checkpoint")
+    if not names:
+      _remove(index)
+      return
+    state = checkpoint_state_pb2.CheckpointState(
+        model_checkpoint_path=names[-1], all_model_checkpoint_paths=names,
+        all_model_checkpoint_timestamps=times,
+        last_preserved_timestamp=last_preserved or min(times))
+    tmp = f"{index}{_TEMPORARY}{uuid.uuid4().hex}"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+      f.write(text_format.MessageToString(state))
+    tf.io.gfile.rename(tmp, index, overwrite=True)
+
+  def _remove_leftovers(self):
+    """Removes what killed saves left: temporary files, data without .index."""
+    for file in tf.io.gfile.glob(tf.io.gfile.join(self.model_dir,
+                                                  f"{_TEMPORARY}*")):
+      if tf.io.gfile.isdir(file):  # A sharded save's <prefix>_temp folder.
+        tf.io.gfile.rmtree(file)
+      else:
+        _remove(file)
+    for data in tf.io.gfile.glob(tf.io.gfile.join(self.model_dir,
+                                                  "ckpt-*.data-*")):
+      if not tf.io.gfile.exists(data.split(".data-")[0] + ".index"):
+        _remove(data)
+
+  def manager(self):
+    """A tf.train.CheckpointManager reading model_dir (it never saves here).
+
+    For tf.distribute.experimental.PreemptionCheckpointHandler, which needs
+    one to restore through (official/core/preemption.py); `save` keeps the
+    index in the same format.
+    """
+    return tf.train.CheckpointManager(self.checkpoint, self.model_dir,
+                                      max_to_keep=self.keep)
+
+  def set_aside(self, path, suffix):
+    """Takes checkpoint `path` out of the index and renames its files.
+
+    The `checkpoint` index then names the checkpoint before it as the
+    latest (or is removed when there is none), so that the next run resumes
+    from there; the files stay readable under the new prefix.
+
+    Args:
+      path: a checkpoint prefix in model_dir (MODEL_DIR/ckpt-N).
+      suffix: appended to the prefix: MODEL_DIR/ckpt-N-<suffix>.*.
+
+    Returns:
+      The new prefix (on a non-chief worker, which changes nothing: the
+      prefix the chief gives it).
+    """
+    target = f"{path}-{suffix}"
+    if not self.chief:
+      return target
+    names, times, preserved = self._read_index()
+    kept = [(n, t) for n, t in zip(names, times)
+            if n != os.path.basename(path)]
+    self._write_index([n for n, _ in kept], [t for _, t in kept], preserved)
+    # The .index first, so that no ckpt-N.index is left without its data.
+    files = tf.io.gfile.glob(f"{path}.*")
+    for file in sorted(files, key=lambda f: not f.endswith(".index")):
+      tf.io.gfile.rename(file, target + file[len(path):], overwrite=True)
+    logging.warning("Moved checkpoint %s to %s and out of the index.", path,
+                    target)
+    return target
 
   def restore(self, path):
     """Restores `path` into the model (and optimizer, step); returns the step.
@@ -94,6 +230,17 @@ class Checkpointer:
     Raises:
       CheckpointMismatchError: the checkpoint does not fit the objects.
     """
+    # Shapes are compared before any value is restored. A restore that fails
+    # on a shape leaves the variables before it overwritten, and TensorFlow's
+    # pending restore, which the failure gives no way to silence, then logs
+    # one warning per unused checkpoint value when the process exits
+    # (hundreds of lines printed after the message: official/export.py).
+    try:
+      mismatched = _walk(self.checkpoint, path)[0]
+    except Exception:  # Unreadable: the restore below raises and says so.
+      mismatched = None
+    if mismatched:
+      raise CheckpointMismatchError(describe_mismatch(self.checkpoint, path))
     try:
       status = self.checkpoint.restore(path)
       status.expect_partial()  # Evaluation restores no optimizer.
@@ -146,39 +293,10 @@ def describe_mismatch(root, path, error=None):
     A multi-line message.
   """
   try:
-    reader = tf.train.load_checkpoint(path)
-    shapes = reader.get_variable_to_shape_map()
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    mismatched, matched_ids = _walk(root, path)
   except Exception as e:  # An unreadable checkpoint: say so.
     return (f"Checkpoint {path} could not be read ({type(e).__name__}: {e}); "
             f"restoring it failed with: {error}")
-
-  mismatched, matched_ids = [], set()
-  stack = [(0, root, "")]
-  seen_nodes = set()
-  while stack:
-    node_id, obj, obj_path = stack.pop()
-    if node_id in seen_nodes:
-      continue
-    seen_nodes.add(node_id)
-    matched_ids.add(id(obj))
-    node = graph.nodes[node_id]
-    for attribute in node.attributes:
-      if attribute.name != "VARIABLE_VALUE" or not hasattr(obj, "shape"):
-        continue
-      found = shapes.get(attribute.checkpoint_key)
-      expected = [int(d) for d in obj.shape]
-      if found is not None and list(found) != expected:
-        mismatched.append((_variable_name(obj, obj_path), expected, found))
-    try:
-      children = tf.train.TrackableView.children(obj)
-    except Exception:  # Not a trackable we can walk.
-      continue
-    for child in node.children:
-      if child.local_name in children:
-        stack.append((child.node_id, children[child.local_name],
-                      f"{obj_path}/{child.local_name}".lstrip("/")))
 
   lines = [f"Checkpoint {path} does not fit the model built from the config."]
   if mismatched:
@@ -205,6 +323,57 @@ def describe_mismatch(root, path, error=None):
     lines.append(f"TensorFlow said: {type(error).__name__}: "
                  f"{str(error).strip().splitlines()[0][:500]}")
   return "\n".join(lines)
+
+
+def _walk(root, path):
+  """Walks the checkpoint's object graph and the objects under root together.
+
+  Reads only the checkpoint's index (names, shapes, the object graph), no
+  variable values.
+
+  Args:
+    root: the tf.train.Checkpoint being restored into.
+    path: checkpoint path prefix.
+
+  Returns:
+    (mismatched, matched_ids): [(variable name, expected shape, shape in the
+    checkpoint)] for the variables at the same path on both sides whose
+    shapes differ, and the ids of the objects met on both sides.
+
+  Raises:
+    Whatever reading the checkpoint raises (tf.errors.OpError, ValueError)
+    when it is missing or unreadable.
+  """
+  reader = tf.train.load_checkpoint(path)
+  shapes = reader.get_variable_to_shape_map()
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+  mismatched, matched_ids = [], set()
+  stack = [(0, root, "")]
+  seen_nodes = set()
+  while stack:
+    node_id, obj, obj_path = stack.pop()
+    if node_id in seen_nodes:
+      continue
+    seen_nodes.add(node_id)
+    matched_ids.add(id(obj))
+    node = graph.nodes[node_id]
+    for attribute in node.attributes:
+      if attribute.name != "VARIABLE_VALUE" or not hasattr(obj, "shape"):
+        continue
+      found = shapes.get(attribute.checkpoint_key)
+      expected = [int(d) for d in obj.shape]
+      if found is not None and list(found) != expected:
+        mismatched.append((_variable_name(obj, obj_path), expected, found))
+    try:
+      children = tf.train.TrackableView.children(obj)
+    except Exception:  # Not a trackable we can walk.
+      continue
+    for child in node.children:
+      if child.local_name in children:
+        stack.append((child.node_id, children[child.local_name],
+                      f"{obj_path}/{child.local_name}".lstrip("/")))
+  return mismatched, matched_ids
 
 
 def _variable_name(obj, fallback):

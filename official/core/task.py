@@ -19,6 +19,42 @@ Distribution rules a task must follow:
 
 import abc
 
+from dataloaders import readers
+
+
+class MissingRecordsError(FileNotFoundError):
+  """A dataset's TFRecord pattern matches no file; names the tool to run."""
+
+
+# The script that writes the TFRecords each gin data function reads, by the
+# function's name ("TaskClass.function" for one task only). The one place
+# DatasetTask.record_pattern takes the tool from, so that a missing-records
+# error names what makes them for that task.
+RECORD_TOOLS = {
+    "coco_records": "scripts/create_coco_tf_record.py",
+    # Mask R-CNN needs the instance masks in the records.
+    "MaskRCNNTask.coco_records":
+        "scripts/create_coco_tf_record.py --include_masks",
+    "synthetic_coco_records": "scripts/make_synthetic_coco.py --records",
+    "synthetic_coco_mask_records":
+        "scripts/make_synthetic_coco.py --records --include_masks",
+    "pascal_records": "scripts/create_pascal_tf_record.py",
+    "synthetic_pascal_records": "scripts/make_synthetic_pascal.py --records",
+    "classification_records": "scripts/create_imagenet_tf_record.py",
+    "digits_records": "scripts/make_digits_dataset.py --records",
+}
+
+
+def record_tool(task):
+  """(data function name, command writing its records) of a DatasetTask.
+
+  The command is None when RECORD_TOOLS has no entry for the function.
+  """
+  name = getattr(getattr(task, "data_fn", None), "__name__", None)
+  tool = (RECORD_TOOLS.get(f"{type(task).__name__}.{name}") or
+          RECORD_TOOLS.get(name))
+  return name, tool
+
 
 class Evaluator(abc.ABC):
   """Accumulates evaluation outputs on the host, with bounded memory."""
@@ -142,6 +178,41 @@ class DatasetTask(Task):
 
   def input_files(self, training):
     return self.data.get("train_pattern" if training else "eval_pattern")
+
+  def record_pattern(self, training):
+    """The split's TFRecord pattern, checked to match at least one file.
+
+    Tasks read their records through this, so that a pattern matching
+    nothing fails with the tool that writes this dataset's records.
+
+    Args:
+      training: the training split, else the evaluation split.
+
+    Returns:
+      The pattern (str), or None when the dataset has none (TFDS).
+
+    Raises:
+      MissingRecordsError: the pattern, or one of its comma-separated parts,
+        matches no file; the message names the pattern, the data function
+        and the script that writes its records (RECORD_TOOLS).
+    """
+    pattern = self.input_files(training)
+    if pattern is None:
+      return None
+    try:
+      readers.list_files(pattern)
+    except FileNotFoundError as e:
+      name, tool = record_tool(self)
+      where = (f"{type(self).__name__} reads the "
+               f"{'training' if training else 'evaluation'} records of {name}")
+      if tool is None:
+        hint = (f"{where}, for which no script is known (RECORD_TOOLS in "
+                f"official/core/task.py).")
+      else:
+        hint = (f"{where}; they are written by `python {tool}` (its --help "
+                f"lists the flags).")
+      raise MissingRecordsError(f"{e} {hint}") from None
+    return pattern
 
   @property
   def num_train_examples(self):

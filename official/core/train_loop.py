@@ -7,9 +7,28 @@ uses the Trainer's attributes: task, strategy, model, optimizer, global_step,
 checkpointer, chief, train_batch_size, total_steps, steps_per_epoch,
 steps_per_loop, checkpoint_every_steps, log_every_steps, eval_every_steps,
 weight_decay, jit_compile, deterministic_seed and init_checkpoint.
+
+What is saved when a run diverges. A step's loss is computed before its
+update, so the loss guard after each host loop sees a diverging update one
+step late, after the checkpoint of its step may have been written. Hence:
+- before every save the whole state (weights, optimizer slots, batch-norm
+  statistics) is checked for NaN/Inf; a non-finite state is not saved
+  (NonFiniteStateError);
+- when the first non-finite loss is the first step after the latest
+  checkpoint, that checkpoint's state produced it (finite weights can
+  overflow in the forward pass, e.g. |w| ~ 1e36 in float32): it is moved to
+  ckpt-N-diverged and out of the index, so that the error names, and a rerun
+  resumes from, the checkpoint before it.
+A state that is finite and whose next loss is finite is kept even when it is
+already far off (|w| ~ 1e19): no threshold tells such a state from a large
+but healthy one.
+
+Preemption: SIGTERM saves the next host-loop boundary and raises
+PreemptedError (official/core/preemption.py).
 """
 
 import math
+import os
 import time
 
 import keras
@@ -19,6 +38,7 @@ from absl import logging
 from official.core import diagnostics
 from official.core import distribute
 from official.core import optimization
+from official.core import preemption
 
 
 class TrainLoop:
@@ -35,7 +55,13 @@ class TrainLoop:
       the run had already finished).
 
     Raises:
-      diagnostics.NonFiniteLossError: a loss became NaN/Inf (nothing saved after it).
+      diagnostics.NonFiniteLossError: a loss became NaN/Inf (nothing saved
+        after it; a checkpoint whose state gave it is moved aside, see
+        `_stop_on_non_finite_loss`).
+      diagnostics.NonFiniteStateError: an update made the training state
+        NaN/Inf (found before a save, which is skipped).
+      diagnostics.PreemptedError: SIGTERM arrived; the checkpoint of the
+        step boundary after it was saved (official/core/preemption.py).
     """
     self.build(for_training=True)
     path, step = self.checkpointer.restore_latest()
@@ -61,43 +87,106 @@ class TrainLoop:
 
     iterator = iter(self._train_dataset(skip_steps=step))
     loop = self._make_train_loop(iterator)
+    check_state = self._make_state_check()
     values = {}
+    loop_first = step  # Steps completed before the current host loop.
     start_time, start_step = None, step
     last_log_step = step
-    while step < self.total_steps:
-      num_steps = self._steps_to_next_boundary(step, evaluate_every)
-      loop_start = time.time()
-      try:
-        outputs = loop(iterator, tf.constant(num_steps, tf.int32))
-      except tf.errors.DataLossError as e:
-        raise diagnostics.CorruptRecordError(diagnostics.corrupt_record_message(
-            self.task, e, self.checkpointer.latest)) from None
-      values = {k: float(v) for k, v in outputs.items()}
-      loop_time = time.time() - loop_start
-      if not all(math.isfinite(v) for v in values.values()):
-        raise diagnostics.NonFiniteLossError(diagnostics.non_finite_message(
-            step, step + num_steps, values, self.checkpointer.latest))
-      step += num_steps
-      # The first loop includes tracing and compilation: time from its end.
-      if start_time is None:
-        start_time, start_step = time.time(), step
-        rate = num_steps / max(loop_time, 1e-9)
-      else:
-        rate = (step - start_step) / max(time.time() - start_time, 1e-9)
-      if (step // self.log_every_steps > last_log_step // self.log_every_steps
-          or step == self.total_steps):
-        self._log_train(step, values, rate)
-        last_log_step = step
-      if step % self.checkpoint_every_steps == 0 or step == self.total_steps:
-        saved = self.checkpointer.save()
-        if self.chief:
-          logging.info("Saved checkpoint %s.", saved)
-      if (evaluate_every and self.eval_every_steps and
-          step % self.eval_every_steps == 0 and step != self.total_steps):
-        self.evaluate()
+
+    def save():
+      """Saves after checking the state (also PreemptionCheckpointHandler's)."""
+      bad, num_checked = check_state()
+      if bad:
+        raise diagnostics.NonFiniteStateError(
+            diagnostics.non_finite_state_message(
+                loop_first, int(self.global_step.numpy()), values, bad,
+                num_checked, self.checkpointer.latest))
+      saved = self.checkpointer.save()
+      if self.chief:
+        logging.info("Saved checkpoint %s.", saved)
+      return saved
+
+    def latest():
+      # Another worker may read the index before the chief rewrites it; the
+      # chief saves every step as MODEL_DIR/ckpt-<step>.
+      if self.chief:
+        return self.checkpointer.latest
+      return tf.io.gfile.join(self.model_dir,
+                              f"ckpt-{int(self.global_step.numpy())}")
+
+    with preemption.Watcher(
+        self.strategy, save, step=lambda: int(self.global_step.numpy()),
+        latest=latest,
+        checkpoint_manager_fn=self.checkpointer.manager) as watcher:
+      while step < self.total_steps:
+        num_steps = self._steps_to_next_boundary(step, evaluate_every)
+        loop_start = time.time()
+        loop_first = step
+        try:
+          outputs, first_bad = watcher.run(
+              loop, iterator, tf.constant(num_steps, tf.int32))
+        except tf.errors.DataLossError as e:
+          raise diagnostics.CorruptRecordError(
+              diagnostics.corrupt_record_message(
+                  self.task, e, self.checkpointer.latest)) from None
+        values = {k: float(v) for k, v in outputs.items()}
+        first_bad = int(first_bad)
+        loop_time = time.time() - loop_start
+        if first_bad >= 0 or not all(math.isfinite(v)
+                                     for v in values.values()):
+          self._stop_on_non_finite_loss(step, num_steps, values, first_bad)
+        step += num_steps
+        # The first loop includes tracing and compilation: time from its end.
+        if start_time is None:
+          start_time, start_step = time.time(), step
+          rate = num_steps / max(loop_time, 1e-9)
+        else:
+          rate = (step - start_step) / max(time.time() - start_time, 1e-9)
+        if (step // self.log_every_steps > last_log_step //
+            self.log_every_steps or step == self.total_steps):
+          self._log_train(step, values, rate)
+          last_log_step = step
+        saved = (step % self.checkpoint_every_steps == 0 or
+                 step == self.total_steps)
+        if saved:
+          save()
+        watcher.stop_if_requested(saved)
+        if (evaluate_every and self.eval_every_steps and
+            step % self.eval_every_steps == 0 and step != self.total_steps):
+          self.evaluate()
     self.write_operative_config()
     self.last_losses = values
     return values
+
+  def _stop_on_non_finite_loss(self, step, num_steps, values, first_bad):
+    """Raises NonFiniteLossError for the host loop after `step` steps.
+
+    When the loss of the loop's first step is not finite and the latest
+    checkpoint is the state it was computed from, that checkpoint would fail
+    the same way at every resume (its weights can be finite and still
+    overflow in the forward pass, e.g. |w| ~ 1e36 in float32), so it is
+    moved aside and the index falls back to the one before it.
+
+    Args:
+      step: steps completed before the loop.
+      num_steps: steps in the loop.
+      values: loss name -> mean over the loop.
+      first_bad: 0-based index in the loop of the first step whose loss was
+        not finite (-1 when only the mean overflowed).
+
+    Raises:
+      diagnostics.NonFiniteLossError: always.
+    """
+    set_aside = None
+    latest = self.checkpointer.latest
+    if first_bad == 0 and latest and (
+        os.path.basename(latest) == f"ckpt-{step}"):
+      set_aside = (latest, self.checkpointer.set_aside(latest, "diverged"))
+      latest = self.checkpointer.latest
+    raise diagnostics.NonFiniteLossError(diagnostics.non_finite_message(
+        step, step + num_steps, values, latest,
+        first_bad_step=step + first_bad + 1 if first_bad >= 0 else None,
+        set_aside=set_aside))
 
   def _steps_to_next_boundary(self, step, evaluate_every):
     """Steps to run in the next host loop: ends on every boundary."""
@@ -183,17 +272,67 @@ class TrainLoop:
     @tf.function
     def train_loop(iterator, num_steps):
       sums = {name: tf.constant(0.0, tf.float32) for name in names}
-      for _ in tf.range(num_steps):
+      first_bad = tf.constant(-1, tf.int32)
+      for index in tf.range(num_steps):
         features, labels = next(iterator)
         per_replica = strategy.run(replica_step, args=(features, labels))
-        sums = {name: sums[name] + strategy.reduce(
+        step_losses = {name: strategy.reduce(
             tf.distribute.ReduceOp.SUM, per_replica[name], axis=None)
-                for name in names}
+                       for name in names}
+        sums = {name: sums[name] + step_losses[name] for name in names}
+        finite = tf.reduce_all([tf.math.is_finite(step_losses[name])
+                                for name in names])
+        first_bad = tf.where(
+            tf.logical_and(first_bad < 0, tf.logical_not(finite)), index,
+            first_bad)
       self.global_step.assign_add(tf.cast(num_steps, tf.int64))
       count = tf.cast(num_steps, tf.float32)
-      return {name: sums[name] / count for name in names}
+      return {name: sums[name] / count for name in names}, first_bad
 
     return train_loop
+
+  def _make_state_check(self):
+    """A function returning (names of non-finite variables, number checked).
+
+    Checks every floating-point variable a checkpoint holds: the model's
+    weights and batch-norm statistics and the optimizer's slots. One
+    tf.function: on each replica, one all-finite flag per variable from the
+    replica's own copy, on its device; the flags are summed over the
+    replicas and only that [num_variables] vector reaches the host. It reads
+    every variable once, as the save it precedes does. Measured for the
+    SpineNet-49 RetinaNet of
+    configs/experiments/retinanet/spinenet49_coco.gin (1,320 variables,
+    57.2M values with the momentum slots) on a 2-core CPU that other jobs
+    were using: 130-150 ms per check against 1.7-1.8 s for the save itself,
+    once per checkpoint_every_steps steps.
+    """
+    variables, seen = [], set()
+    for variable in list(self.model.variables) + list(
+        self.optimizer.variables):
+      if id(variable) not in seen and tf.as_dtype(
+          variable.dtype).is_floating:
+        seen.add(id(variable))
+        variables.append(variable)
+    names = [getattr(v, "path", None) or v.name for v in variables]
+    strategy = self.strategy
+
+    def replica_flags():
+      return tf.stack([
+          tf.cast(tf.logical_not(tf.reduce_all(tf.math.is_finite(
+              tf.convert_to_tensor(v)))), tf.float32) for v in variables])
+
+    @tf.function
+    def non_finite_counts():
+      return strategy.reduce(tf.distribute.ReduceOp.SUM,
+                             strategy.run(replica_flags), axis=None)
+
+    def check():
+      if not variables:
+        return [], 0
+      counts = non_finite_counts().numpy()
+      return [n for n, c in zip(names, counts) if c > 0], len(variables)
+
+    return check
 
   def _log_train(self, step, values, steps_per_second):
     """Logs a progress line and writes train summaries.

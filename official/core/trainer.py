@@ -8,7 +8,13 @@ Why a compact custom loop rather than `model.fit`:
 - Every loss term the task returns is logged and written to TensorBoard, not
   just one scalar.
 - A NaN/Inf guard runs after every host loop, before anything is saved, so the
-  last good checkpoint is never overwritten by a diverged model.
+  last good checkpoint is never overwritten by a diverged model; since a
+  step's loss is computed before its update, the state itself (weights,
+  optimizer slots, batch-norm statistics) is also checked before every save,
+  and a checkpoint whose next loss is not finite is moved aside
+  (official/core/train_loop.py).
+- SIGTERM (preemption) saves the next step boundary and stops the run
+  (official/core/preemption.py).
 - The host runs `steps_per_loop` steps per call (a `tf.range` loop around
   `strategy.run` inside one tf.function), which TPUs need so the host never
   paces the accelerator; loops end exactly on checkpoint and evaluation
@@ -44,7 +50,17 @@ model is built and at the end), ckpt-<step>.* and `checkpoint`, train/ and
 eval/ TensorBoard event files, eval_metrics.json ({"step": N, metric: value};
 the final evaluation adds "expected_result", the verdict on the experiment's
 declared result),
-init_checkpoint.json (fine-tuning: what was and was not restored).
+init_checkpoint.json (fine-tuning: what was and was not restored),
+inherited_weights.json (weight inheritance: what was copied, aliased, left
+at its initial value, not copied for its shape) and inheritable_weights.npz
+(every weight by layer-name key, for the next search trial to inherit).
+
+Weight inheritance (architecture search, SP-NAS paper Sec. 3.1, Algorithm 1):
+`inherit_weights_from` (.npz files or model_dirs of finished runs) copies
+into a fresh run every variable whose layer-name key one of them holds,
+whatever else differs between the two architectures
+(official/core/weight_inheritance.py); `save_inheritable_weights` makes the
+chief write MODEL_DIR/inheritable_weights.npz when training is over.
 
 Where each concern lives: the train loop in official/core/train_loop.py,
 padded evaluation, multi-worker gathering and the expected-result check in
@@ -63,6 +79,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.core.framework import summary_pb2
 
+from modeling.backbones import spnet_spec
 from official.core import checkpointing
 from official.core import distribute
 from official.core import evaluation_loop
@@ -73,6 +90,7 @@ from official.core import optimization
 from official.core import precision as precision_lib
 from official.core import schedules
 from official.core import train_loop
+from official.core import weight_inheritance
 
 # Names callers and gin files know from this module.
 # pylint: disable=unused-import
@@ -115,7 +133,7 @@ def ensure_writable(model_dir):
 
 @gin.configurable(denylist=["task", "model_dir", "strategy"])
 class Trainer(train_loop.TrainLoop, evaluation_loop.EvaluationLoop,
-              fine_tuning.FineTuning):
+              fine_tuning.FineTuning, weight_inheritance.WeightInheritance):
   """Trains and evaluates a Task under a tf.distribute strategy.
 
   Args:
@@ -148,6 +166,25 @@ class Trainer(train_loop.TrainLoop, evaluation_loop.EvaluationLoop,
       fresh run (see the module docstring); None: no initialisation.
     init_checkpoint_modules: "backbone", "decoder" or "all", or several
       ("backbone,decoder" or a tuple).
+    inherit_weights_from: architecture search (SP-NAS paper Sec. 3.1, Algorithm
+      1: a candidate trains from the current best's weights): None, or a
+      path or list of paths, each a model_dir of a run that saved
+      inheritable weights or an .npz written by
+      weight_inheritance.save_inheritable_weights. When the run starts
+      fresh (never on resume), every variable whose layer-name key a source
+      holds is copied, earlier sources first; the rest keep their initial
+      values. Logged (counts and first names) and written to
+      MODEL_DIR/inherited_weights.json. A missing source raises
+      FileNotFoundError before the first step. Exclusive with
+      init_checkpoint (ValueError).
+    inherit_weights_aliases: (regex, replacement) rules tried on a key that
+      no source holds (weight_inheritance.inherit_weights); None: the
+      SP-NAS rules (modeling/backbones/spnet_spec.py INHERITANCE_ALIASES),
+      under which a parallel subnet's block "sub2_block7" inherits the
+      serial block "block7" (Sec. 3.2).
+    save_inheritable_weights: the chief writes every weight to
+      MODEL_DIR/inheritable_weights.npz when training is over: after the
+      last step, and also when a resumed run has no step left to train.
 
   The experiment's `expected_result.*` bindings (official/core/expectations.py)
   are read when the Trainer is made and checked by the run's final
@@ -163,7 +200,8 @@ class Trainer(train_loop.TrainLoop, evaluation_loop.EvaluationLoop,
                learning_rate_fn=schedules.learning_rate_schedule,
                precision="auto", jit_compile=False, deterministic_seed=None,
                max_train_steps=None, init_checkpoint=None,
-               init_checkpoint_modules="backbone"):
+               init_checkpoint_modules="backbone", inherit_weights_from=None,
+               inherit_weights_aliases=None, save_inheritable_weights=False):
     self.task = task
     self.model_dir = model_dir
     self.strategy = strategy
@@ -226,6 +264,21 @@ class Trainer(train_loop.TrainLoop, evaluation_loop.EvaluationLoop,
     self.init_checkpoint_modules = fine_tuning.parse_modules(
         init_checkpoint_modules)
     self.init_report = None
+    self.inherit_weights_from = _inherit_sources(inherit_weights_from)
+    if self.inherit_weights_from and self.init_checkpoint:
+      raise ValueError(
+          f"Trainer.inherit_weights_from={self.inherit_weights_from!r} and "
+          f"Trainer.init_checkpoint={self.init_checkpoint!r} are both set; "
+          "choose one: inherit_weights_from copies every variable by layer "
+          "name from another architecture (search trials), init_checkpoint "
+          "restores whole modules of the same architecture (fine-tuning).")
+    if inherit_weights_aliases is None:
+      inherit_weights_aliases = spnet_spec.INHERITANCE_ALIASES
+    # Compiled here so that a bad rule fails before anything is built.
+    weight_inheritance.compile_aliases(inherit_weights_aliases)
+    self.inherit_weights_aliases = tuple(inherit_weights_aliases)
+    self.save_inheritable_weights = bool(save_inheritable_weights)
+    self.inherit_report = None
     # Read here, so that a malformed declaration fails before training and
     # the declaration is part of the operative config.
     self.expectation = expectations.expected_result()
@@ -238,6 +291,20 @@ class Trainer(train_loop.TrainLoop, evaluation_loop.EvaluationLoop,
     self._for_training = None
     self._eval_step = None
     self._writers = {}
+
+  def train(self, evaluate_every=False):
+    """TrainLoop.train, with weight inheritance before and after it.
+
+    A fresh run first inherits from `inherit_weights_from`; once training
+    is over (or was already), the chief writes inheritable_weights.npz when
+    `save_inheritable_weights` is set (see the class docstring). Arguments,
+    return value and errors are TrainLoop.train's.
+    """
+    self.inherit_weights_if_fresh()
+    values = super().train(evaluate_every=evaluate_every)
+    if self.save_inheritable_weights:
+      self.write_inheritable_weights()
+    return values
 
   # Building.
 
@@ -330,6 +397,19 @@ class Trainer(train_loop.TrainLoop, evaluation_loop.EvaluationLoop,
       gin_config.write_config(self.model_dir,
                               gin_config.OPERATIVE_CONFIG_FILE,
                               gin.operative_config_str())
+
+
+def _inherit_sources(value):
+  """Trainer.inherit_weights_from as a list of paths ([] for None)."""
+  if value is None or value == "":
+    return []
+  paths = [value] if isinstance(value, str) else value
+  if not isinstance(paths, (list, tuple)) or not all(
+      isinstance(p, str) and p for p in paths):
+    raise ValueError(
+        f"Trainer.inherit_weights_from must be None, a path or a list of "
+        f"paths (model_dirs or .npz files), got {value!r}.")
+  return list(paths)
 
 
 @gin.configurable(denylist=["task", "mode", "model_dir", "strategy"])

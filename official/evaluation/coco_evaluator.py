@@ -4,21 +4,42 @@ The evaluator follows `official.core.task.Evaluator`: `update` takes the
 numpy outputs of one global evaluation batch, `result` runs pycocotools'
 COCOeval and returns the standard COCO metrics as floats. Between the two,
 only compact arrays of the kept detections (and, without an annotation
-file, of the ground truths) are held: 7 float64 per detection, 8 per
-ground-truth object, 3 per image; never images or feature maps. With
-masks, each detection's mask is pasted into its image and run-length
-encoded (compressed COCO RLE) within `update`, so only the RLE strings are
-kept, never a full-size mask.
+file, of the ground truths) are held: an int64 image id and 6 float64 per
+detection, an int64 image id and 7 float64 per ground-truth object, 3 int64
+per image; never images or feature maps. With masks, each detection's mask
+is pasted into its image and run-length encoded (compressed COCO RLE)
+within `update`, so only the RLE strings are kept, never a full-size mask.
+
+Ids. Image ids stay int64 from the records to pycocotools: a source id that
+is not a number arrives as a hash in [2^62, 2^63) (dataloaders/source_ids.py),
+which float64 cannot hold. An annotation file's image ids are matched
+through the same function, so string ids ("img_000001") work; when they are
+not all such integers, the images are numbered 1..N internally for
+pycocotools (file order). pycocotools also needs unique positive annotation
+ids (it keys annotations by id and takes id 0 for "unmatched"); a file
+whose ids are not, e.g. ids restarting at 0 in every image, has its
+annotations numbered 1..N in file order, which changes nothing else (the
+order of the ground truths of an image is the file's). Both are logged.
+Files whose ids are already valid are evaluated exactly as they are.
+
+Masks. With include_mask, the ground-truth segmentations follow the
+converter's rule (`dataloaders.datasets.coco_records.check_segmentation`):
+polygons of fewer than 3 points are removed and an annotation left without
+one is dropped from the evaluation (counted in the log), as it is from the
+records, instead of crashing pycocotools after training.
 """
 
 import contextlib
 import io
 import json
+import math
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from dataloaders import source_ids
+from dataloaders.datasets import coco_records
 from modeling.ops import mask_ops
 from official.core import task
 
@@ -32,9 +53,8 @@ MASK_METRIC_NAMES = tuple("mask_" + name for name in METRIC_NAMES)
 # modeling/ops/mask_ops.py, shared with the served masks).
 MASK_THRESHOLD = mask_ops.MASK_THRESHOLD
 
-# Ids given to source ids that are not integers (ground truths from update()
-# only); far above COCO's ids and exact in float64.
-_STRING_ID_BASE = 1 << 40
+# At most this many ids are quoted in a log line or error.
+_MAX_IDS_SHOWN = 5
 
 
 @contextlib.contextmanager
@@ -45,8 +65,21 @@ def _captured_stdout():
     yield buffer
 
 
-def _load_coco(annotation_file):
-  """pycocotools COCO of a JSON read through tf.io.gfile (gs:// allowed)."""
+def _load_coco(annotation_file, include_mask=False):
+  """Reads a COCO JSON through tf.io.gfile (gs:// allowed) for pycocotools.
+
+  Returns:
+    (pycocotools COCO, {int64 source id: pycocotools image id}): the ground
+    truth, with the ids prepared as the module docstring says, and the
+    image each source id of the records stands for.
+
+  Raises:
+    FileNotFoundError: the file does not exist.
+    ValueError: it is not a COCO instances JSON, an image id or an
+      annotation is malformed, two image ids arrive as one source id, or
+      (include_mask) a segmentation is malformed; the message names the
+      file and the image or annotation.
+  """
   if not tf.io.gfile.exists(annotation_file):
     raise FileNotFoundError(f"COCO annotation file '{annotation_file}' does "
                             "not exist; expected a COCO instances JSON.")
@@ -61,25 +94,191 @@ def _load_coco(annotation_file):
                                                        list):
       raise ValueError(f"COCO annotation file '{annotation_file}' has no "
                        f"'{key}' list; expected a COCO instances JSON.")
-  return _coco_from_dataset(dataset)
+  image_ids = _check_images(dataset, annotation_file, include_mask)
+  _check_annotations(dataset, annotation_file)
+  if include_mask:
+    _check_segmentations(dataset, annotation_file)
+  by_source_id = _number_images(dataset, annotation_file, image_ids)
+  _number_annotations(dataset, annotation_file)
+  return _coco_from_dataset(dataset), by_source_id
 
 
-def _check_segmentations(ground_truth, annotation_file):
-  """Raises ValueError unless every annotation has a segmentation."""
-  for annotation in ground_truth.dataset["annotations"]:
+def _check_images(dataset, annotation_file, include_mask):
+  """The file's image ids, after checking each image entry."""
+  image_ids = []
+  seen = set()
+  for index, image in enumerate(dataset["images"]):
+    image_id = image.get("id") if isinstance(image, dict) else None
+    if not (_is_int(image_id) or isinstance(image_id, str)):
+      raise ValueError(
+          f"COCO annotation file '{annotation_file}': images[{index}] has id "
+          f"{image_id!r}; expected an object whose id is an integer (or a "
+          "string such as 'img_000001').")
+    if image_id in seen:
+      raise ValueError(f"COCO annotation file '{annotation_file}' lists "
+                       f"image id {image_id!r} twice; expected unique ids.")
+    seen.add(image_id)
+    if include_mask and not (_is_int(image.get("height")) and
+                             _is_int(image.get("width"))):
+      raise ValueError(
+          f"COCOEvaluator(include_mask=True): image {image_id!r} of "
+          f"'{annotation_file}' has no integer height/width; masks are "
+          "pasted at the image size given there.")
+    image_ids.append(image_id)
+  return image_ids
+
+
+def _check_annotations(dataset, annotation_file):
+  """Raises ValueError for a category or annotation pycocotools could not
+  evaluate (it would fail with a KeyError or TypeError after training)."""
+  for index, category in enumerate(dataset["categories"]):
+    if not isinstance(category, dict) or not _is_int(category.get("id")):
+      raise ValueError(f"COCO annotation file '{annotation_file}': "
+                       f"categories[{index}] is {str(category)[:80]}; "
+                       "expected an object with an integer 'id'.")
+  for index, ann in enumerate(dataset["annotations"]):
+    where = (f"COCO annotation file '{annotation_file}', annotations[{index}]"
+             f" (id {ann.get('id')!r})" if isinstance(ann, dict) else
+             f"COCO annotation file '{annotation_file}', annotations[{index}]")
+    if not isinstance(ann, dict):
+      raise ValueError(f"{where} is a {type(ann).__name__}; expected an "
+                       "object.")
+    bbox = ann.get("bbox")
+    if (not isinstance(bbox, list) or len(bbox) != 4 or
+        not all(_is_number(v) for v in bbox)):
+      raise ValueError(f"{where}: bbox is {str(bbox)[:80]}; expected [x, y, "
+                       "width, height] in pixels.")
+    if not _is_number(ann.get("area")):
+      raise ValueError(f"{where}: area is {ann.get('area')!r}; expected the "
+                       "object's area in pixels (COCO's small / medium / "
+                       "large buckets use it).")
+    if not _is_int(ann.get("category_id")):
+      raise ValueError(f"{where}: category_id is {ann.get('category_id')!r};"
+                       " expected an integer category id.")
+    if ann.get("iscrowd") not in (0, 1) or "image_id" not in ann:
+      raise ValueError(f"{where}: iscrowd is {ann.get('iscrowd')!r} and "
+                       f"image_id {ann.get('image_id')!r}; expected iscrowd "
+                       "0 or 1 and the id of a listed image.")
+
+
+def _check_segmentations(dataset, annotation_file):
+  """Applies the converter's segmentation rule to the mask ground truths.
+
+  Raises ValueError when an annotation of a listed image has no
+  segmentation or a malformed one; drops (and logs) the annotations whose
+  polygons all have fewer than 3 points.
+  """
+  sizes = {image["id"]: (image["height"], image["width"])
+           for image in dataset["images"]}
+  kept, dropped = [], []
+  for index, annotation in enumerate(dataset["annotations"]):
+    image_id = annotation.get("image_id")
+    where = (f"COCOEvaluator(include_mask=True): annotation id "
+             f"{annotation.get('id')!r} (annotations[{index}], image "
+             f"{image_id!r}) of '{annotation_file}'")
     if not annotation.get("segmentation"):
       raise ValueError(
-          f"COCOEvaluator(include_mask=True): annotation id "
-          f"{annotation.get('id')} (image {annotation.get('image_id')}) of "
-          f"'{annotation_file}' has no 'segmentation'; mask AP needs a "
-          "polygon list or an RLE for every annotation (a COCO instances "
-          "JSON, not a boxes-only one).")
-  for image in ground_truth.dataset["images"]:
-    if "height" not in image or "width" not in image:
+          f"{where} has no 'segmentation'; mask AP needs a polygon list or "
+          "an RLE for every annotation (a COCO instances JSON, not a "
+          "boxes-only one).")
+    if not isinstance(image_id, (int, str)) or image_id not in sizes:
+      kept.append(annotation)  # Of no listed image: never evaluated.
+      continue
+    height, width = sizes[image_id]
+    segmentation = coco_records.check_segmentation(
+        annotation["segmentation"], where, height, width)
+    if segmentation is None:
+      dropped.append((annotation.get("id"), image_id))
+      continue
+    annotation["segmentation"] = segmentation
+    kept.append(annotation)
+  if dropped:
+    shown = ", ".join(f"annotation {a!r} of image {i!r}"
+                      for a, i in dropped[:_MAX_IDS_SHOWN])
+    logging.warning(
+        "COCOEvaluator(include_mask=True): %d annotations of '%s' have no "
+        "polygon of %d or more points (%s%s); they are left out of the "
+        "ground truth, as the converter leaves them out of the records.",
+        len(dropped), annotation_file, coco_records.MIN_POLYGON_POINTS, shown,
+        ", ..." if len(dropped) > _MAX_IDS_SHOWN else "")
+  dataset["annotations"] = kept
+
+
+def _number_images(dataset, annotation_file, image_ids):
+  """Gives pycocotools integer image ids; maps source ids to them.
+
+  Returns:
+    {int64 source id (`dataloaders.source_ids`) of str(file id): the id
+    pycocotools is given}.
+  """
+  numbers = source_ids.source_ids_to_int64(
+      [str(i) for i in image_ids]).tolist()
+  first = {}
+  for image_id, number in zip(image_ids, numbers):
+    if number in first:
       raise ValueError(
-          f"COCOEvaluator(include_mask=True): image {image.get('id')} of "
-          f"'{annotation_file}' has no height/width; masks are pasted at "
-          "the image size given there.")
+          f"COCO annotation file '{annotation_file}': image ids "
+          f"{first[number]!r} and {image_id!r} both arrive as source id "
+          f"{number} (dataloaders/source_ids.py); expected ids that stay "
+          "distinct.")
+    first[number] = image_id
+  if all(_is_int(i) and i == n for i, n in zip(image_ids, numbers)):
+    return {n: n for n in numbers}
+  internal = {image_id: k + 1 for k, image_id in enumerate(image_ids)}
+  logging.info(
+      "COCO annotation file '%s': image ids are not all integers of at most "
+      "18 digits (e.g. %s); its %d images are numbered 1..%d for "
+      "pycocotools, and source ids are matched to them exactly.",
+      annotation_file,
+      ", ".join(repr(i) for i in image_ids[:_MAX_IDS_SHOWN]), len(image_ids),
+      len(image_ids))
+  for image in dataset["images"]:
+    image["id"] = internal[image["id"]]
+  kept = []
+  for annotation in dataset["annotations"]:
+    image_id = annotation.get("image_id")
+    if isinstance(image_id, (int, str)) and image_id in internal:
+      annotation["image_id"] = internal[image_id]
+      kept.append(annotation)
+  # Annotations of unlisted images are never evaluated by pycocotools.
+  dataset["annotations"] = kept
+  return {n: internal[i] for i, n in zip(image_ids, numbers)}
+
+
+def _number_annotations(dataset, annotation_file):
+  """Numbers the annotations 1..N unless their ids are unique and > 0."""
+  annotations = dataset["annotations"]
+  ids = [a.get("id") for a in annotations]
+  valid = [i for i in ids if _is_int(i) and i > 0]
+  if len(valid) == len(ids) and len(set(valid)) == len(ids):
+    return
+  seen, repeated, not_positive = set(), [], []
+  for i in ids:
+    if not (_is_int(i) and i > 0):
+      not_positive.append(i)
+    elif i in seen:
+      repeated.append(i)
+    seen.add(i)
+  logging.warning(
+      "COCO annotation file '%s': annotation ids are not unique positive "
+      "integers (%d not positive integers, e.g. %s; %d repeated, e.g. %s). "
+      "pycocotools keys annotations by id and reads id 0 as 'unmatched', so "
+      "the %d annotations are numbered 1..%d in file order for the "
+      "evaluation.", annotation_file, len(not_positive),
+      not_positive[:_MAX_IDS_SHOWN], len(repeated),
+      repeated[:_MAX_IDS_SHOWN], len(ids), len(ids))
+  for k, annotation in enumerate(annotations):
+    annotation["id"] = k + 1
+
+
+def _is_int(value):
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value):
+  return (isinstance(value, (int, float, np.integer, np.floating)) and
+          not isinstance(value, bool) and abs(value) < 1e300 and
+          math.isfinite(value))
 
 
 def _paste_window(mask, box, height, width):
@@ -152,9 +351,13 @@ class COCOEvaluator(task.Evaluator):
   `update(outputs)` takes a dict of numpy arrays, B the batch size, D the
   detections and K the ground-truth slots per image (both padded):
 
-    "source_id"           [B] COCO image ids: int, or str/bytes of an int
-                          (b"397133", as `decode_detection_example` gives).
-                          Without an annotation file any string works.
+    "source_id"           [B] image ids: int64 (what the input pipeline
+                          makes of image/source_id, `dataloaders.source_ids`)
+                          or str/bytes (b"397133", b"img_000001", as
+                          `decode_detection_example` gives); the two forms
+                          of one id are the same image. With an annotation
+                          file they are matched to its image ids, integers
+                          or strings.
     "detection_boxes"     [B, D, 4] float, (ymin, xmin, ymax, xmax) in
                           pixels of the ORIGINAL image.
     "detection_scores"    [B, D] float; detections with score <= 0 are
@@ -230,45 +433,64 @@ class COCOEvaluator(task.Evaluator):
     self.annotation_file = annotation_file
     self.include_mask = bool(include_mask)
     self.per_category_metrics = bool(per_category_metrics)
-    self._ground_truth = (_load_coco(annotation_file)
-                          if annotation_file else None)
-    if self.include_mask:
-      _check_segmentations(self._ground_truth, annotation_file)
+    self._ground_truth, self._by_source_id = (
+        _load_coco(annotation_file, self.include_mask) if annotation_file
+        else (None, None))
     self.summary = None
     self.mask_summary = None
     self.reset()
 
   def reset(self):
     """Forgets all images, detections and ground truths seen so far."""
-    # float64 [n, 7] each: image id, x, y, w, h, score, class.
+    # (int64 [n] image ids, float64 [n, 6]: x, y, w, h, score, class) each.
     self._detections = []
-    # float64 [n, 8] each: image id, x, y, w, h, area, class, is_crowd.
+    # (int64 [n] image ids, float64 [n, 7]: x, y, w, h, area, class,
+    # is_crowd) each.
     self._groundtruths = []
     # int64 [b, 3] each: image id, height, width.
     self._images = []
-    # Compressed RLE dicts, one per row of self._detections (include_mask).
+    # Compressed RLE dicts, one per detection row (include_mask).
     self._mask_rles = []
     self._image_ids = set()
-    self._string_ids = {}
+    # Image id -> the source id as given, for messages and file names.
+    self._given_ids = {}
 
-  def _image_id(self, source_id):
-    """int COCO image id of one source id."""
-    if isinstance(source_id, bytes):
-      source_id = source_id.decode("utf-8", errors="replace")
-    if isinstance(source_id, (int, np.integer)):
-      return int(source_id)
-    text = str(source_id).strip()
-    try:
-      return int(text)
-    except ValueError:
-      if self._ground_truth is not None:
+  def _to_image_ids(self, given):
+    """pycocotools image ids (ints) of a list of source ids.
+
+    Source ids are ints (the pipeline's int64, `dataloaders.source_ids`) or
+    str / bytes (the records' image/source_id), which become the same int64
+    (module docstring). With an annotation file, that int64 is looked up
+    among the file's images.
+    """
+    numbers = [None] * len(given)
+    texts = {}
+    for k, source_id in enumerate(given):
+      if isinstance(source_id, (int, np.integer)) and not isinstance(
+          source_id, (bool, np.bool_)):
+        numbers[k] = int(source_id)
+      else:
+        if isinstance(source_id, bytes):
+          source_id = source_id.decode("utf-8", errors="replace")
+        texts[k] = str(source_id)
+    if texts:
+      converted = source_ids.source_ids_to_int64(list(texts.values()))
+      for k, number in zip(texts, converted.tolist()):
+        numbers[k] = number
+    if self._by_source_id is None:
+      return numbers
+    image_ids = []
+    for source_id, number in zip(given, numbers):
+      if number not in self._by_source_id:
+        shown = (f"{source_id!r} (source id {number})"
+                 if not isinstance(source_id, (int, np.integer))
+                 else f"{number}")
         raise ValueError(
-            f"COCOEvaluator: source_id {source_id!r} is not an integer; with "
-            f"annotation_file '{self.annotation_file}' source ids must be "
-            "the COCO image ids.") from None
-      if text not in self._string_ids:
-        self._string_ids[text] = _STRING_ID_BASE + len(self._string_ids)
-      return self._string_ids[text]
+            f"COCOEvaluator.update: image id {shown} is not in the "
+            f"annotation file '{self.annotation_file}'; expected the ids of "
+            "its images (source_id of the records of the same split).")
+      image_ids.append(self._by_source_id[number])
+    return image_ids
 
   def update(self, outputs):
     """Adds one global batch (keys in the class docstring).
@@ -311,33 +533,30 @@ class COCOEvaluator(task.Evaluator):
                        bool).reshape([-1])
 
     rows = [i for i in range(batch_size) if valid[i]]
-    image_ids = [self._image_id(source_ids[i]) for i in rows]
+    given = [source_ids[i].item() if isinstance(source_ids[i], np.generic)
+             else source_ids[i] for i in rows]
+    image_ids = self._to_image_ids(given)
     in_batch = set()
-    for image_id in image_ids:
+    for image_id, source_id in zip(image_ids, given):
       if image_id in self._image_ids or image_id in in_batch:
         raise ValueError(
-            f"COCOEvaluator.update: image id {image_id} was already added "
-            "since the last reset(); each image must be evaluated once (is "
-            "the evaluation data repeated, or its padding not marked with "
-            "'valid'?).")
+            f"COCOEvaluator.update: image id {source_id!r} was already "
+            "added since the last reset(); each image must be evaluated "
+            "once (is the evaluation data repeated, or its padding not "
+            "marked with 'valid'?).")
       in_batch.add(image_id)
-      if (self._ground_truth is not None and
-          image_id not in self._ground_truth.imgs):
-        raise ValueError(
-            f"COCOEvaluator.update: image id {image_id} is not in the "
-            f"annotation file '{self.annotation_file}'; expected the ids of "
-            "its images (source_id of the records of the same split).")
 
     rows = np.array(rows, np.int64)
-    ids = np.array(image_ids, np.float64)
+    # int64, never float64: hashed source ids exceed its 53-bit mantissa.
+    ids = np.array(image_ids, np.int64).reshape([-1])
     sizes = [np.asarray(outputs.get(k, np.zeros([batch_size]))).reshape([-1])
              for k in ("height", "width")]
     num_detections = np.asarray(num_detections).reshape([-1])
     keep = ((np.arange(boxes.shape[1])[None, :] < num_detections[rows, None])
             & (scores[rows] > 0))
-    detections = _to_rows(
-        np.broadcast_to(ids[:, None], keep.shape)[keep], boxes[rows][keep],
-        scores[rows][keep], classes[rows][keep].astype(np.float64))
+    detections = (np.broadcast_to(ids[:, None], keep.shape)[keep],
+                  _to_rows(boxes[rows][keep], scores[rows][keep],
+                           classes[rows][keep].astype(np.float64)))
     groundtruths = (self._groundtruth_rows(outputs, rows, ids, batch_size)
                     if self._ground_truth is None else None)
     mask_rles = (self._encode_masks(outputs, rows, image_ids, sizes, keep,
@@ -346,13 +565,14 @@ class COCOEvaluator(task.Evaluator):
 
     # Everything checked: keep this batch.
     self._image_ids.update(image_ids)
+    self._given_ids.update(zip(image_ids, given))
     self._images.append(np.stack(
-        [ids.astype(np.int64), sizes[0][rows].astype(np.int64),
+        [ids, sizes[0][rows].astype(np.int64),
          sizes[1][rows].astype(np.int64)], axis=1))
-    if len(detections):
+    if len(detections[0]):
       self._detections.append(detections)
     self._mask_rles.extend(mask_rles)
-    if groundtruths is not None and len(groundtruths):
+    if groundtruths is not None and len(groundtruths[0]):
       self._groundtruths.append(groundtruths)
 
   def _encode_masks(self, outputs, rows, image_ids, sizes, keep, boxes):
@@ -390,7 +610,8 @@ class COCOEvaluator(task.Evaluator):
     return rles
 
   def _groundtruth_rows(self, outputs, rows, ids, batch_size):
-    """float64 [n, 8] rows of the real ground truths of the kept images."""
+    """(int64 [n] image ids, float64 [n, 7] rows) of the real ground truths
+    of the kept images (rows: x, y, w, h, area, class, is_crowd)."""
     boxes = np.asarray(outputs["groundtruth_boxes"], np.float64)
     classes = np.asarray(outputs["groundtruth_classes"])
     if (boxes.ndim != 3 or boxes.shape[0] != batch_size or
@@ -416,30 +637,27 @@ class COCOEvaluator(task.Evaluator):
       keep = classes[rows] > 0
     keep = np.asarray(keep, bool)
     y0, x0, y1, x1 = np.moveaxis(boxes[rows][keep], -1, 0)
-    return np.stack([
-        np.broadcast_to(ids[:, None], keep.shape)[keep], x0, y0, x1 - x0,
-        y1 - y0, area[rows][keep], classes[rows][keep].astype(np.float64),
-        is_crowd[rows][keep]], axis=1)
+    return (np.broadcast_to(ids[:, None], keep.shape)[keep],
+            np.stack([x0, y0, x1 - x0, y1 - y0, area[rows][keep],
+                      classes[rows][keep].astype(np.float64),
+                      is_crowd[rows][keep]], axis=1))
 
   def _built_ground_truth(self):
     """pycocotools COCO of the ground truths given to update()."""
     images = (np.concatenate(self._images) if self._images
               else np.zeros([0, 3], np.int64))
-    gts = (np.concatenate(self._groundtruths) if self._groundtruths
-           else np.zeros([0, 8]))
-    category_ids = sorted({int(c) for c in gts[:, 6]})
-    names = {v: k for k, v in self._string_ids.items()}
+    gt_ids, gts = _concatenated(self._groundtruths, 7)
+    category_ids = sorted({int(c) for c in gts[:, 5]})
     dataset = {
-        "images": [{"id": int(i), "height": int(h), "width": int(w),
-                    "file_name": names.get(int(i), str(int(i)))}
-                   for i, h, w in images],
+        "images": [{"id": i, "height": h, "width": w,
+                    "file_name": _file_name(self._given_ids.get(i, i))}
+                   for i, h, w in images.tolist()],
         "categories": [{"id": c, "name": f"category_{c}"}
                        for c in category_ids],
         "annotations": [
-            {"id": n + 1, "image_id": int(g[0]),
-             "bbox": [float(v) for v in g[1:5]], "area": float(g[5]),
-             "category_id": int(g[6]), "iscrowd": int(g[7] > 0)}
-            for n, g in enumerate(gts)],
+            {"id": n + 1, "image_id": i, "bbox": g[0:4], "area": g[4],
+             "category_id": int(g[5]), "iscrowd": int(g[6] > 0)}
+            for n, (i, g) in enumerate(zip(gt_ids.tolist(), gts.tolist()))],
     }
     return _coco_from_dataset(dataset)
 
@@ -458,9 +676,13 @@ class COCOEvaluator(task.Evaluator):
       raise ValueError("COCOEvaluator.result: no image was added; call "
                        "update() with at least one valid image first.")
     ground_truth = self._ground_truth or self._built_ground_truth()
-    detections = (np.concatenate(self._detections) if self._detections
-                  else np.zeros([0, 7]))
-    results = detections if len(detections) else []
+    detection_ids, detections = _concatenated(self._detections, 6)
+    # Dicts of Python ints and floats, the values pycocotools' own numpy
+    # loader would make, but with the image id never through float64.
+    results = [
+        {"image_id": i, "bbox": row[0:4], "score": row[4],
+         "category_id": int(row[5])}
+        for i, row in zip(detection_ids.tolist(), detections.tolist())]
     evaluation, self.summary = self._evaluate(ground_truth, results, "bbox")
     logging.info("COCO box evaluation of %d images, %d detections:\n%s",
                  len(self._image_ids), len(detections), self.summary)
@@ -470,9 +692,10 @@ class COCOEvaluator(task.Evaluator):
       metrics.update(_per_category(evaluation, ground_truth))
     if self.include_mask:
       results = [
-          {"image_id": int(row[0]), "category_id": int(row[6]),
-           "score": float(row[5]), "segmentation": rle}
-          for row, rle in zip(detections, self._mask_rles)]
+          {"image_id": i, "category_id": int(row[5]), "score": row[4],
+           "segmentation": rle}
+          for i, row, rle in zip(detection_ids.tolist(), detections.tolist(),
+                                 self._mask_rles)]
       evaluation, self.mask_summary = self._evaluate(ground_truth, results,
                                                      "segm")
       logging.info("COCO mask evaluation of %d images, %d detections:\n%s",
@@ -490,8 +713,8 @@ class COCOEvaluator(task.Evaluator):
 
     Args:
       ground_truth: pycocotools COCO.
-      results: detections for COCO.loadRes (float64 [n, 7] rows or a list
-        of dicts); may be empty.
+      results: detections for COCO.loadRes (a list of dicts); may be
+        empty.
       iou_type: "bbox" or "segm".
     """
     from pycocotools import coco  # pylint: disable=g-import-not-at-top
@@ -518,16 +741,29 @@ class COCOEvaluator(task.Evaluator):
     return evaluation, summary
 
 
-def _to_rows(image_ids, boxes, scores, classes):
-  """float64 [n, 7] COCO result rows (image id, x, y, w, h, score, class).
+def _to_rows(boxes, scores, classes):
+  """float64 [n, 6] COCO result rows (x, y, w, h, score, class).
 
   Args:
-    image_ids, scores, classes: [n] float64.
     boxes: [n, 4] float64, (ymin, xmin, ymax, xmax) pixels.
+    scores, classes: [n] float64.
   """
   y0, x0, y1, x1 = np.moveaxis(boxes, -1, 0)
-  return np.stack([image_ids, x0, y0, x1 - x0, y1 - y0, scores, classes],
-                  axis=1)
+  return np.stack([x0, y0, x1 - x0, y1 - y0, scores, classes], axis=1)
+
+
+def _concatenated(parts, width):
+  """(int64 [n] ids, float64 [n, width] rows) of a list of such pairs."""
+  if not parts:
+    return np.zeros([0], np.int64), np.zeros([0, width])
+  return (np.concatenate([ids for ids, _ in parts]),
+          np.concatenate([rows for _, rows in parts]))
+
+
+def _file_name(source_id):
+  if isinstance(source_id, bytes):
+    return source_id.decode("utf-8", errors="replace")
+  return str(source_id)
 
 
 def _mean_valid(values):

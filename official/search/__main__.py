@@ -67,6 +67,12 @@ flags.DEFINE_integer("worker_index", 0, "Role worker: K of its id worker-K.")
 flags.DEFINE_string("worker_id_prefix", "", "Role worker: prefix of the "
                     "client id, e.g. the host name when many hosts run "
                     "worker-0.")
+flags.DEFINE_list("search_options", [], "Controller settings as key=value, "
+                  "e.g. start_backbone=resnet18,n_stuck=20,n_reignite=2 "
+                  "(SP-NAS; see official/search/controllers/sp_nas.py).")
+flags.DEFINE_multi_string("pretrain_gin_file", [], "Classification proxy gin "
+                          "files of the pre-training and reignition trials "
+                          "(SP-NAS Algorithm 1).")
 flags.DEFINE_float("trial_timeout_s", None, "Kill a trial after this many "
                    "seconds and record it infeasible.")
 
@@ -140,13 +146,30 @@ def print_plan(space, settings, records, num_trials, num_workers):
     print(f"Estimated cost: unknown ({source}).", flush=True)
 
 
+def _search_options():
+  """--search_options as a dict str -> str."""
+  options = {}
+  for item in FLAGS.search_options:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+      _fail(f"--search_options: {item!r} is not key=value.")
+    options[key.strip()] = value.strip()
+  return options
+
+
 def _settings():
-  return {
+  settings = {
       "space": FLAGS.space, "controller": FLAGS.controller, "seed": FLAGS.seed,
       "gin_files": list(FLAGS.gin_file), "gin_params": list(FLAGS.gin_param),
       "metric": FLAGS.metric, "trainer": FLAGS.trainer,
       "mode": "train_and_eval",
   }
+  # Only when given, so studies made before these flags keep their identity.
+  if FLAGS.search_options:
+    settings["search_options"] = _search_options()
+  if FLAGS.pretrain_gin_file:
+    settings["pretrain_gin_files"] = list(FLAGS.pretrain_gin_file)
+  return settings
 
 
 def _check_flags():
@@ -158,22 +181,43 @@ def _check_flags():
   for name in ("space", "controller", "num_trials"):
     if getattr(FLAGS, name) is None:
       _fail(f"--{name} is required for --role={FLAGS.role}.")
-  for path in FLAGS.gin_file:
-    if not os.path.exists(trial_runner.resolve_gin_file(path)):
-      _fail(f"--gin_file={path}: no such file (relative paths are read from "
-            "the current directory, then the repository root).")
+  for flag, paths in (("gin_file", FLAGS.gin_file),
+                      ("pretrain_gin_file", FLAGS.pretrain_gin_file)):
+    for path in paths:
+      if not os.path.exists(trial_runner.resolve_gin_file(path)):
+        _fail(f"--{flag}={path}: no such file (relative paths are read from "
+              "the current directory, then the repository root).")
   if FLAGS.trainer.endswith(".py") and not os.path.exists(FLAGS.trainer):
     _fail(f"--trainer={FLAGS.trainer}: no such file.")
   try:
     space = engine.resolve_space(FLAGS.space)
-    engine.resolve_controller(FLAGS.controller, space, FLAGS.seed)
-  except (ValueError, KeyError) as e:
+    allowed = getattr(space, "controllers", None)
+    if allowed and FLAGS.controller not in allowed:
+      raise ValueError(f"--space={FLAGS.space} runs with --controller="
+                       f"{' or '.join(allowed)}, not '{FLAGS.controller}'.")
+    controller = engine.resolve_controller(FLAGS.controller, space,
+                                           FLAGS.seed, _search_options())
+  except (ValueError, KeyError, TypeError) as e:
     _fail(str(e).strip("'\""))
+  if FLAGS.pretrain_gin_file and not hasattr(controller,
+                                             "use_study_settings"):
+    _fail(f"--pretrain_gin_file is used by the sp_nas controller only, not "
+          f"by '{FLAGS.controller}'.")
+  if FLAGS.seed_architectures and not getattr(controller,
+                                              "accepts_seed_trials", True):
+    _fail(f"The '{FLAGS.controller}' controller takes no "
+          "--seed_architectures: it starts from one network, "
+          "--search_options=start_backbone=NAME.")
   known = space.known_architectures()
   unknown = [n for n in FLAGS.seed_architectures if n not in known]
   if unknown:
     _fail(f"--seed_architectures: {unknown} not known to space "
           f"'{space.name}'; known: {sorted(known)}.")
+  for name in FLAGS.seed_architectures:
+    try:
+      space.encode(known[name])
+    except ValueError as e:
+      _fail(f"--seed_architectures={name}: {e}")
   if len(FLAGS.seed_architectures) > FLAGS.num_trials:
     _fail(f"--num_trials={FLAGS.num_trials} is less than the "
           f"{len(FLAGS.seed_architectures)} seed architectures.")
@@ -201,15 +245,19 @@ def _check_gin(space):
   del registry
   known = list(space.known_architectures().values())
   candidate = list(space.gin_bindings(known[0])) if known else []
-  try:
-    gin_config.parse_gin([trial_runner.resolve_gin_file(p)
-                          for p in FLAGS.gin_file],
-                         list(FLAGS.gin_param) + candidate, skip_unknown=False)
-  except Exception as e:  # pylint: disable=broad-except
-    # gin raises ValueError, KeyError, SyntaxError... all mean "bad config".
-    _fail(f"The trial configuration does not parse (--gin_file "
-          f"{list(FLAGS.gin_file)}, --gin_param {list(FLAGS.gin_param)}): "
-          f"{str(e).strip()}")
+  for flag, files in (("gin_file", FLAGS.gin_file),
+                      ("pretrain_gin_file", FLAGS.pretrain_gin_file)):
+    if flag == "pretrain_gin_file" and not files:
+      continue
+    try:
+      gin_config.parse_gin([trial_runner.resolve_gin_file(p) for p in files],
+                           list(FLAGS.gin_param) + candidate,
+                           skip_unknown=False)
+    except Exception as e:  # pylint: disable=broad-except
+      # gin raises ValueError, KeyError, SyntaxError... all mean "bad config".
+      _fail(f"The trial configuration does not parse (--{flag} "
+            f"{list(files)}, --gin_param {list(FLAGS.gin_param)}): "
+            f"{str(e).strip()}")
 
 
 def _study_trials(study):
@@ -257,6 +305,9 @@ def _progress_line(records, last, num_trials, num_workers):
 
 def run_service(space):
   """Roles all and service: the study, its seeds, workers, outputs."""
+  # The service's own messages are printed; Vizier logs every suggestion,
+  # cache load and parameter at INFO through absl, which buries them.
+  logging.set_verbosity(logging.WARNING)
   search_dir = FLAGS.search_dir
   os.makedirs(search_dir, exist_ok=True)
   host, port = "localhost", None
@@ -320,6 +371,16 @@ def _serve(space, server, endpoint):
             worker_lib.worker_alive(search_dir, f"worker-{k}")
             for k in range(FLAGS.num_workers)):
       codes = {k: p.returncode for k, p in procs.items()}
+      trials = _study_trials(study)
+      records = outputs.write_outputs(search_dir, trials, settings)
+      seen = len(records)
+      if (all(c == 0 for c in codes.values()) and all(
+          t.status == vz.TrialStatus.COMPLETED for t in trials)):
+        # Workers stop cleanly only when the study is full or the controller
+        # proposes nothing more (SP-NAS after its parallel phase is stuck).
+        print(f"The controller finished its search after {seen} trials "
+              f"(fewer than --num_trials={FLAGS.num_trials}).", flush=True)
+        break
       _fail(f"All workers exited ({codes}) with {seen}/{FLAGS.num_trials} "
             f"trials finished; see {search_dir}/workers/*.log.")
     time.sleep(1.0)
@@ -363,6 +424,15 @@ def run_worker():
 def main(argv):
   if len(argv) > 1:
     _fail(f"Unexpected arguments: {argv[1:]}")
+  if FLAGS.controller == "darts":
+    # Auto-FPN's gradient search is one training run, not Vizier trials.
+    from official.search import darts  # pylint: disable=g-import-not-at-top
+    try:
+      darts.run_from_cli(FLAGS.space, FLAGS.search_dir, FLAGS.gin_file,
+                         FLAGS.gin_param, _search_options(), FLAGS.seed)
+    except ValueError as e:
+      _fail(str(e))
+    return
   space = _check_flags()
   # Workers run from the repository root: every path they get is absolute.
   FLAGS.search_dir = os.path.abspath(FLAGS.search_dir)

@@ -11,6 +11,7 @@ same four calls: suggest, update, get_state, set_state.
 """
 
 import abc
+import dataclasses
 
 
 class SearchSpace(abc.ABC):
@@ -108,6 +109,46 @@ class SearchSpace(abc.ABC):
     return None
 
 
+@dataclasses.dataclass
+class Proposal:
+  """One trial a controller asks for.
+
+  decisions: the decision list (list of int) stored as the trial's Vizier
+    parameters.
+  architecture: the architecture to train, or None (then the space decodes
+    the decisions). Controllers whose candidates depend on earlier results
+    (SP-NAS morphs the best network so far) give it here.
+  run: dict of how the worker runs the trial, JSON values, all optional:
+    "inherit_from_trials": trial ids whose saved weights initialise the
+    candidate (Trainer.inherit_weights_from, earlier ids take precedence);
+    "wait_for_trials": trial ids that must be completed before it starts (the
+    weights it inherits are written at their end); "gin_files": "pretrain" to
+    train with the study's --pretrain_gin_file proxy instead of --gin_file;
+    "save_weights": True to keep the trained weights for later candidates
+    (Trainer.save_inheritable_weights); "auxiliary": True for a trial whose reward is not a candidate's score (a
+    classification pre-training), which the outputs do not rank.
+  """
+  decisions: list
+  architecture: object = None
+  run: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class TrialView:
+  """What a controller sees of a trial of the study.
+
+  trial_id: int, Vizier's id. decisions: list of int. reward: float, or None
+  for an infeasible or still active trial. info: the trial's official_search
+  metadata (architecture, gin_bindings, run, worker, metrics, ...).
+  active: True while the trial is not finished.
+  """
+  trial_id: int
+  decisions: list
+  reward: object
+  info: dict
+  active: bool = False
+
+
 class Controller(abc.ABC):
   """Proposes decision lists and learns from their rewards.
 
@@ -116,13 +157,20 @@ class Controller(abc.ABC):
   a poor outcome, not ignore it.
   """
 
-  @abc.abstractmethod
   def suggest(self):
-    """A new full decision list (list of int), valid under the space's masks."""
+    """A new full decision list (list of int), valid under the space's masks.
 
-  @abc.abstractmethod
+    Decision-list controllers implement suggest() and update(); controllers
+    whose trials carry more (see Proposal) implement propose() and learn()
+    instead.
+    """
+    raise NotImplementedError(
+        f"{type(self).__name__} implements neither suggest() nor propose().")
+
   def update(self, decisions, reward):
     """Learns from one finished trial; reward is a float or None."""
+    raise NotImplementedError(
+        f"{type(self).__name__} implements neither update() nor learn().")
 
   @abc.abstractmethod
   def get_state(self):
@@ -132,3 +180,21 @@ class Controller(abc.ABC):
   def set_state(self, state):
     """Restores a state from get_state(); suggestions then continue as if
     the controller had never stopped."""
+
+  # Controllers whose candidates depend on which trial produced what (weight
+  # inheritance) override the three methods below; the others need not.
+
+  def propose(self):
+    """The next trial as a Proposal, or None when the search is finished
+    (workers then stop; the study ends with fewer than --num_trials)."""
+    return Proposal(decisions=[int(d) for d in self.suggest()])
+
+  def learn(self, trial):
+    """Learns from one finished trial (a TrialView); the default passes its
+    decisions and reward to update()."""
+    self.update(trial.decisions, trial.reward)
+
+  def observe_active(self, trials):
+    """Sees the trials that are running (list of TrialView) before each
+    proposal, e.g. to name a running trial a new one must wait for."""
+    del trials

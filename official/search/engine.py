@@ -36,6 +36,8 @@ import time
 
 from absl import logging
 
+from official.search import base
+
 NAMESPACE = "official_search"
 OWNER = "official_search"
 STUDY_ID = "search"
@@ -89,12 +91,18 @@ def resolve_space(name):
   return spaces.get_space(name)
 
 
-def resolve_controller(name, space, seed):
-  """The Controller named `name` over `space` (see resolve_space for 'm:f')."""
+def resolve_controller(name, space, seed, options=None):
+  """The Controller named `name` over `space` (see resolve_space for 'm:f').
+
+  options: dict str -> str of --search_options (controller settings such as
+    SP-NAS's n_stuck); a 'package.module:factory' controller gets them as
+    keyword arguments.
+  """
+  options = dict(options or {})
   if ":" in name:
-    return _import_attr(name)(space, seed)
+    return _import_attr(name)(space, seed, **options)
   from official.search import controllers  # pylint: disable=g-import-not-at-top
-  return controllers.get_controller(name, space, seed)
+  return controllers.get_controller(name, space, seed, options)
 
 
 # --- Parameters <-> decision lists --------------------------------------------
@@ -179,22 +187,43 @@ def _designer_classes():
       settings = study_settings(problem)
       self.space = space_resolver(settings["space"])
       self.controller = controller_resolver(settings["controller"], self.space,
-                                            int(settings["seed"]))
+                                            int(settings["seed"]),
+                                            settings.get("search_options"))
+      if hasattr(self.controller, "use_study_settings"):
+        self.controller.use_study_settings(settings)
       self.num_decisions = self.space.num_decisions()
 
+    def _view(self, trial, active=False):
+      return base.TrialView(
+          trial_id=trial.id,
+          decisions=parameters_to_decisions(trial.parameters,
+                                            self.num_decisions),
+          reward=None if active else trial_reward(trial),
+          info=trial_info(trial), active=active)
+
     def update(self, completed, all_active):
-      del all_active  # Controllers learn from finished trials only.
       # In trial order, so a replay after a restart sees the same sequence.
       for trial in sorted(completed.trials, key=lambda t: t.id):
-        decisions = parameters_to_decisions(trial.parameters,
-                                            self.num_decisions)
-        self.controller.update(decisions, trial_reward(trial))
+        self.controller.learn(self._view(trial))
+      self.controller.observe_active(
+          [self._view(t, active=True)
+           for t in sorted(all_active.trials, key=lambda t: t.id)])
 
     def suggest(self, count=None):
       out = []
       for _ in range(count or 1):
-        decisions = [int(d) for d in self.controller.suggest()]
-        out.append(suggestion(self.space, decisions))
+        proposal = self.controller.propose()
+        if proposal is None:
+          # The controller's search is finished. Vizier 0.1.24's service
+          # cannot answer a suggestion request with no trial (it fails
+          # inside SuggestTrials and the client waits forever), so the answer
+          # is a trial marked "stop", which the worker deletes unrun.
+          out.append(stop_suggestion(self.num_decisions, getattr(
+              self.controller, "done_reason", None)))
+          break
+        out.append(suggestion(self.space, [int(d) for d in proposal.decisions],
+                              architecture=proposal.architecture,
+                              run=proposal.run))
       return out
 
     def dump(self):
@@ -234,18 +263,25 @@ def _designer_classes():
   return ControllerDesigner, SearchPolicyFactory
 
 
-def suggestion(space, decisions, seed_name=None):
+def suggestion(space, decisions, seed_name=None, architecture=None,
+               run=None):
   """A vz.TrialSuggestion of a decision list, with its gin bindings attached.
+
+  architecture: what the trial trains; None decodes the decisions.
+  run: how the worker runs it (base.Proposal.run), stored as "run".
 
   Raises:
     ValueError: the decisions are not valid in `space` (from space.decode).
   """
   vz, _ = _vizier()
-  architecture = space.decode(decisions)
+  if architecture is None:
+    architecture = space.decode(decisions)
   bindings = list(space.gin_bindings(architecture))
   md = vz.Metadata()
   info = {"decisions": decisions, "architecture": architecture,
           "gin_bindings": bindings}
+  if run:
+    info["run"] = dict(run)
   # A space may refuse to train an architecture it can still express (the
   # resource space: multiply-adds outside +-10% of the target); the worker
   # then completes the trial infeasible with this reason, untrained.
@@ -257,6 +293,16 @@ def suggestion(space, decisions, seed_name=None):
   for key, value in info.items():
     md.ns(NAMESPACE)[key] = json.dumps(value)
   return vz.TrialSuggestion(decisions_to_parameters(decisions), metadata=md)
+
+
+def stop_suggestion(num_decisions, reason=None):
+  """The suggestion that tells a worker the controller proposes no more
+  trials (see ControllerDesigner.suggest); its parameters are all 0."""
+  vz, _ = _vizier()
+  md = vz.Metadata()
+  md.ns(NAMESPACE)["stop"] = json.dumps(reason or "the controller finished")
+  return vz.TrialSuggestion(decisions_to_parameters([0] * num_decisions),
+                            metadata=md)
 
 
 # --- The service -----------------------------------------------------------------
@@ -373,7 +419,8 @@ def create_or_load_study(space, settings):
 # Settings that define a study: continuing with others would mix trials that
 # are not comparable.
 IDENTITY_KEYS = ("space", "controller", "seed")
-PROXY_KEYS = ("gin_files", "gin_params", "metric", "trainer")
+PROXY_KEYS = ("gin_files", "gin_params", "metric", "trainer",
+              "pretrain_gin_files", "search_options")
 
 
 def check_same_study(existing, requested, where="the search directory"):
@@ -388,7 +435,10 @@ def check_same_study(existing, requested, where="the search directory"):
         f"'{requested.get('controller')}' (seed {requested.get('seed')}). "
         "Use another --search_dir.")
   for key in PROXY_KEYS:
-    if key in requested and existing.get(key) != requested.get(key):
+    # An empty value and a missing key (a study made before the key
+    # existed) are the same setting.
+    if key in requested and ((existing.get(key) or None) !=
+                             (requested.get(key) or None)):
       raise ValueError(
           f"{where} holds a study trained with {key}={existing.get(key)!r}; "
           f"this run asks for {requested.get(key)!r}. Trials with other proxy "

@@ -4,9 +4,10 @@
   status ("completed" or "infeasible"), reason (infeasible only), reward,
   metric, decisions, gin_bindings, seed_name (seeded trials), wall_seconds,
   attempts, worker, space, controller.
-- best_block_specs.gin (SpineNet spaces) or best_block_filters.gin (the
-  resource space): the best completed trial's gin bindings, loadable after
-  the space's backbone file exactly like configs/backbones/ablations/*.gin.
+- best_block_specs.gin (SpineNet spaces), best_block_filters.gin (the
+  resource space) or best_spnet.gin (SP-NAS): the best completed trial's gin
+  bindings, loadable after the space's backbone file exactly like
+  configs/backbones/ablations/*.gin (SP-NAS: after the detection config).
 - rewards.png: reward against trial number, per controller.
 
 Every file is rewritten whole through a temp file and a rename, from the
@@ -25,8 +26,11 @@ PLOT_FILE = "rewards.png"
 
 def best_gin_name(space_name):
   """The best-architecture file name for a space (see module docstring)."""
-  return ("best_block_filters.gin" if space_name.startswith("resource")
-          else "best_block_specs.gin")
+  if space_name.startswith("resource"):
+    return "best_block_filters.gin"
+  if space_name.startswith("sp_nas"):
+    return "best_spnet.gin"
+  return "best_block_specs.gin"
 
 
 def trial_records(trials, settings):
@@ -56,12 +60,21 @@ def trial_records(trials, settings):
       record["reason"] = trial.infeasibility_reason or "no finite reward"
     if "seed_name" in info:
       record["seed_name"] = info["seed_name"]
+    run = info.get("run") or {}
+    if run:
+      record["run"] = run
+      record["architecture"] = info.get("architecture")
+    if run.get("auxiliary"):
+      record["auxiliary"] = True
     records.append(record)
   return records
 
 
 def best_record(records):
-  completed = [r for r in records if r["status"] == "completed"]
+  """The completed candidate with the highest reward (auxiliary trials, e.g.
+  SP-NAS's classification pre-training, score something else: not ranked)."""
+  completed = [r for r in records
+               if r["status"] == "completed" and not r.get("auxiliary")]
   # Ties go to the earlier trial.
   return max(completed, key=lambda r: (r["reward"], -r["trial_id"]),
              default=None)
@@ -76,8 +89,10 @@ def best_gin_text(record, settings):
       f"{record['trial_id']}, {record['metric']} = {record['reward']:.4f} on "
       "the search's held-out split.",
       "# Written by python -m official.search from its trials.jsonl. Load it "
-      "after the backbone file, like configs/backbones/ablations/*.gin; the "
-      "search proxy retrains it with",
+      + ("after the detection config and configs/backbones/spnet_fpn.gin; the "
+         if settings["space"].startswith("sp_nas") else
+         "after the backbone file, like configs/backbones/ablations/*.gin; "
+         "the ") + "search proxy retrains it with",
       f"#   python -m official.train {gin_files} "
       "--gin_file=THIS_FILE --model_dir=DIR",
   ]
@@ -94,8 +109,14 @@ def write_plot(records, path, title):
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+  auxiliary = [r for r in records if r.get("auxiliary")]
+  for i, r in enumerate(auxiliary):
+    ax.axvline(r["trial_id"], color="gray", linestyle=":", linewidth=1,
+               label=("pre-training / reignition (other metric)" if i == 0
+                      else None))
   for controller in sorted({r["controller"] for r in records}):
-    mine = [r for r in records if r["controller"] == controller]
+    mine = [r for r in records
+            if r["controller"] == controller and not r.get("auxiliary")]
     done = [r for r in mine if r["status"] == "completed"]
     ax.plot([r["trial_id"] for r in done], [r["reward"] for r in done], "o",
             label=f"{controller} ({len(done)} trials)")
@@ -113,6 +134,15 @@ def write_plot(records, path, title):
     seeds = [r for r in done if r.get("seed_name")]
     for r in seeds:
       ax.annotate(r["seed_name"], (r["trial_id"], r["reward"]), fontsize=7)
+  # Phases of a search whose trials say theirs (SP-NAS: serial, parallel).
+  phase_starts = {}
+  for r in records:
+    role = (r.get("architecture") or {}).get("role")
+    if role in ("parallel_base", "parallel"):
+      phase_starts.setdefault("parallel phase", r["trial_id"])
+  for name, trial_id in phase_starts.items():
+    ax.axvline(trial_id - 0.5, color="tab:green", linestyle="--",
+               linewidth=1, label=name)
   ax.set_xlabel("trial number")
   ax.set_ylabel("reward")
   ax.set_title(title)

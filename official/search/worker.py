@@ -17,6 +17,7 @@ metric, trainer) come from the study, so every worker trains alike.
 
 import json
 import os
+import time
 
 from absl import logging
 
@@ -77,6 +78,13 @@ def next_trial(study, client_id, num_trials):
   if trial.id > num_trials:
     engine.retry(trial.delete, "deleting a surplus suggestion")
     return None
+  info = engine.trial_info(engine.retry(trial.materialize, "reading a trial"))
+  if "stop" in info:
+    # The controller's search is finished (engine.stop_suggestion).
+    engine.retry(trial.delete, "deleting the stop suggestion")
+    logging.info("%s: the controller proposes no more trials: %s", client_id,
+                 info["stop"])
+    return None
   return trial.id
 
 
@@ -118,18 +126,86 @@ def run_worker(search_dir, endpoint, client_id, num_trials, timeout_s=None):
     logging.info("%s: trial %d%s in %s", client_id, trial_id,
                  f" (seed {info['seed_name']})" if "seed_name" in info else "",
                  trial_dir)
-    if "refused" in info:
+    refusal = info.get("refused")
+    run = info.get("run") or {}
+    if refusal is None:
+      refusal = wait_for_trials(study, client_id, trial_id,
+                                run.get("wait_for_trials", ()))
+    if refusal is not None:
       result = trial_runner.TrialResult(
           status="infeasible", reward=None,
-          reason=f"not trained: {info['refused']}", metrics={},
+          reason=f"not trained: {refusal}", metrics={},
           wall_seconds=0.0, attempts=0)
     else:
-      result = trial_runner.run_trial(trial_dir, settings,
-                                      info["gin_bindings"], timeout_s=timeout_s)
+      trial_settings, bindings = run_settings(search_dir, settings, info)
+      result = trial_runner.run_trial(trial_dir, trial_settings, bindings,
+                                      timeout_s=timeout_s)
     _report(trial, client_id, trial_dir, result)
     logging.info("%s: trial %d %s, reward %s (%.0f s)", client_id, trial_id,
                  result.status, result.reward, result.wall_seconds)
     ran += 1
+
+
+def run_settings(search_dir, settings, info):
+  """(settings, gin bindings) a trial trains with, from its "run" entry.
+
+  - "gin_files": "pretrain" trains with the study's pretrain_gin_files
+    (--pretrain_gin_file) instead of its gin_files;
+  - "inherit_from_trials": [ids] adds Trainer.inherit_weights_from with
+    those trials' model dirs (SEARCH_DIR/trials/<id>), in that order;
+  - "save_weights": True saves the trained weights for later candidates
+    (Trainer.save_inheritable_weights).
+  """
+  run = info.get("run") or {}
+  settings = dict(settings)
+  bindings = list(info["gin_bindings"])
+  if run.get("gin_files") == "pretrain":
+    if not settings.get("pretrain_gin_files"):
+      raise ValueError("The trial asks for the pre-training proxy but the "
+                       "study has no --pretrain_gin_file.")
+    settings["gin_files"] = list(settings["pretrain_gin_files"])
+  if run.get("save_weights"):
+    bindings.append("Trainer.save_inheritable_weights = True")
+  sources = [os.path.join(os.path.abspath(search_dir), "trials", str(t))
+             for t in run.get("inherit_from_trials", ())]
+  if sources:
+    bindings.append(f"Trainer.inherit_weights_from = {sources!r}")
+  return settings, bindings
+
+
+def wait_for_trials(study, client_id, trial_id, parents, poll_s=5.0):
+  """Blocks until every trial of `parents` is completed.
+
+  A candidate that inherits weights starts only once the trial that writes
+  them has finished (SP-NAS: every candidate starts from the best network's
+  weights, §3.1). Parents always have lower ids than their children (they
+  were suggested first), so waiting can never be circular.
+
+  Returns:
+    None when all completed feasibly, else the reason the trial cannot run
+    (a parent that is infeasible: it wrote no usable weights).
+  """
+  from vizier.service import pyvizier as vz  # pylint: disable=g-import-not-at-top
+  pending = [int(p) for p in parents]
+  announced = False
+  while pending:
+    still = []
+    for parent in pending:
+      trial = engine.retry(lambda p=parent: study.get_trial(p).materialize(),
+                           "reading a parent trial")
+      if trial.status != vz.TrialStatus.COMPLETED:
+        still.append(parent)
+      elif engine.trial_reward(trial) is None:
+        return (f"trial {parent}, whose weights it inherits, is infeasible "
+                f"({trial.infeasibility_reason or 'no finite reward'})")
+    pending = still
+    if pending:
+      if not announced:
+        logging.info("%s: trial %d waits for trial(s) %s to finish (it "
+                     "inherits their weights).", client_id, trial_id, pending)
+        announced = True
+      time.sleep(poll_s)
+  return None
 
 
 def _report(trial, client_id, trial_dir, result):

@@ -137,7 +137,7 @@ class ClassificationTask(task_lib.DatasetTask):
   def build_inputs(self, training, global_batch_size, input_context=None):
     data = self.data
     return classification_data.classification_dataset(
-        file_pattern=data.get("train_pattern" if training else "eval_pattern"),
+        file_pattern=self.record_pattern(training),
         training=training, global_batch_size=global_batch_size,
         output_size=self.image_size, num_classes=self.num_classes,
         input_context=input_context, seed=self.seed,

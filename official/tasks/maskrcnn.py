@@ -1,4 +1,5 @@
-"""Mask R-CNN instance segmentation (SpineNet §4.1, Eff-SpineNet §4.1).
+"""Mask R-CNN instance segmentation (SpineNet §4.1, Eff-SpineNet §4.1) and
+Faster R-CNN detection (SP-NAS §4.1, Auto-FPN §3.1).
 
 Model: backbone -> decoder -> RPN -> proposals -> Fast R-CNN and mask heads
 (modeling/models/maskrcnn.py). Loss: RPN objectness and box, Fast R-CNN
@@ -7,13 +8,20 @@ Evaluation: detections and 28x28 masks from the model, boxes mapped back to
 original pixels, box and mask AP on the host (COCOEvaluator with
 include_mask, which needs the instances JSON of the evaluated split).
 
+Faster R-CNN (`FasterRCNNTask`) is the same task without the mask branch:
+the same model with no mask head, no gt_masks, no mask loss, no mask
+outputs, box AP only (with or without an instances JSON, as RetinaNet),
+and records with or without instance masks.
+
 Features the model gets: in training a dict {"images", "gt_boxes",
-"gt_classes", "gt_masks", "image_shape"} (the second stage samples its ROIs
-against the ground truth inside the model); in evaluation {"images",
-"image_shape"}. image_shape is the valid (unpadded) part of each image in
-model-input pixels; proposals and detections are clipped to it.
+"gt_classes", "gt_masks" (Mask R-CNN only), "image_shape"} (the second
+stage samples its ROIs against the ground truth inside the model); in
+evaluation {"images", "image_shape"}. image_shape is the valid (unpadded)
+part of each image in model-input pixels; proposals and detections are
+clipped to it.
 """
 
+import inspect
 
 import gin
 import tensorflow as tf
@@ -32,6 +40,12 @@ from official.tasks.retinanet import category_names
 from official.tasks.retinanet import detection_serving_preprocess
 from official.tasks.retinanet import original_image_boxes
 from official.tasks.retinanet import synthetic_coco_records
+
+# MaskRCNNTask arguments that only the mask branch reads. FasterRCNNTask
+# refuses a value other than the default for any of them, so that a
+# Mask R-CNN setting is not silently ignored.
+MASK_ARGUMENTS = ("mask_num_convs", "mask_num_filters", "mask_crop_size",
+                  "num_mask_samples", "mask_weight", "serve_image_masks")
 
 
 @gin.configurable
@@ -66,6 +80,9 @@ def valid_image_shape(image_info, image_size):
 class MaskRCNNTask(task_lib.DatasetTask):
   """Mask R-CNN training and COCO box + mask evaluation.
 
+  Subclassed by FasterRCNNTask (include_mask = False), which shares every
+  argument below except the mask ones (MASK_ARGUMENTS).
+
   Args:
     backbone: gin-bound backbone builder (@spinenet, @eff_spinenet, ...).
     decoder: gin-bound decoder builder (@identity_decoder, @fpn) or None.
@@ -74,7 +91,12 @@ class MaskRCNNTask(task_lib.DatasetTask):
       instance masks (create_coco_tf_record.py --include_masks).
     num_classes: classes including background 0 (91 for COCO).
     image_size: square input side in pixels, a multiple of 2^max_level.
-    min_level, max_level: levels of the RPN, the anchors and ROI Align.
+    min_level, max_level: levels of the RPN and the anchors, and by default
+      of ROI Align.
+    roi_min_level, roi_max_level: levels ROI Align reads, each None for
+      min_level / max_level. FPN's Faster R-CNN: an RPN on 2..6 and ROI
+      Align on 2..5 (Lin et al. 2017, Sec. 4.1: P6 only serves the 512-pixel
+      anchors).
     num_scales, aspect_ratios, anchor_size: RPN anchors (public SpineNet
       Mask R-CNN: 1, (0.5, 1, 2), 3; 5 for SpineNet-190).
     rpn_num_convs, rpn_num_filters: RPN head (1 x 256).
@@ -108,9 +130,14 @@ class MaskRCNNTask(task_lib.DatasetTask):
     seed: makes the input pipeline deterministic.
   """
 
+  # A class attribute, not an argument: the registered name says whether
+  # the model has masks (FasterRCNNTask sets it False).
+  include_mask = True
+
   def __init__(self, backbone=gin.REQUIRED, decoder=None, data=gin.REQUIRED,
                num_classes=91, image_size=640, min_level=3, max_level=7,
-               num_scales=1, aspect_ratios=(0.5, 1.0, 2.0), anchor_size=3.0,
+               roi_min_level=None, roi_max_level=None, num_scales=1,
+               aspect_ratios=(0.5, 1.0, 2.0), anchor_size=3.0,
                rpn_num_convs=1, rpn_num_filters=256, frcnn_num_convs=4,
                frcnn_num_filters=256, frcnn_num_fcs=1, frcnn_fc_dims=1024,
                mask_num_convs=4, mask_num_filters=256,
@@ -138,6 +165,11 @@ class MaskRCNNTask(task_lib.DatasetTask):
     self.image_size = image_size
     self.min_level = min_level
     self.max_level = max_level
+    if not self.include_mask:
+      _refuse_mask_arguments(type(self).__name__, dict(
+          mask_num_convs=mask_num_convs, mask_num_filters=mask_num_filters,
+          mask_crop_size=mask_crop_size, num_mask_samples=num_mask_samples,
+          mask_weight=mask_weight, serve_image_masks=serve_image_masks))
     self.num_scales = num_scales
     self.aspect_ratios = tuple(aspect_ratios)
     self.anchor_size = anchor_size
@@ -157,6 +189,7 @@ class MaskRCNNTask(task_lib.DatasetTask):
         rpn_batch_size_per_image=rpn_batch_size_per_image,
         rpn_fg_fraction=rpn_fg_fraction, mask_crop_size=mask_crop_size)
     self.model_args = dict(
+        roi_min_level=roi_min_level, roi_max_level=roi_max_level,
         rpn_pre_nms_top_k=rpn_pre_nms_top_k,
         rpn_post_nms_top_k=rpn_post_nms_top_k,
         rpn_nms_iou_threshold=rpn_nms_iou_threshold,
@@ -177,12 +210,13 @@ class MaskRCNNTask(task_lib.DatasetTask):
         rpn_huber_delta=rpn_huber_delta, frcnn_huber_delta=frcnn_huber_delta,
         rpn_score_weight=rpn_score_weight, rpn_box_weight=rpn_box_weight,
         frcnn_class_weight=frcnn_class_weight,
-        frcnn_box_weight=frcnn_box_weight, mask_weight=mask_weight)
-    self.serve_image_masks = bool(serve_image_masks)
+        frcnn_box_weight=frcnn_box_weight, mask_weight=mask_weight,
+        include_mask=self.include_mask)
+    self.serve_image_masks = self.include_mask and bool(serve_image_masks)
     self.seed = seed
 
   def check_data(self, data):
-    if not data.get("annotation_file"):
+    if self.include_mask and not data.get("annotation_file"):
       raise ValueError(
           "MaskRCNNTask: the dataset has no annotation_file; mask AP is "
           "computed against the segmentations of the evaluated split's COCO "
@@ -205,7 +239,8 @@ class MaskRCNNTask(task_lib.DatasetTask):
         **self.frcnn_head_args, **norm, name="fast_rcnn_head")
     mask_head = MaskHead(
         num_classes=self.num_classes, use_separable_conv=separable,
-        **self.mask_head_args, **norm, name="mask_head")
+        **self.mask_head_args, **norm,
+        name="mask_head") if self.include_mask else None
     return MaskRCNNModel(
         backbone, decoder, rpn_head, fast_rcnn_head, mask_head,
         num_scales=self.num_scales, aspect_ratios=self.aspect_ratios,
@@ -216,10 +251,11 @@ class MaskRCNNTask(task_lib.DatasetTask):
         output_size=self.image_size, min_level=self.min_level,
         max_level=self.max_level, num_scales=self.num_scales,
         aspect_ratios=self.aspect_ratios, anchor_size=self.anchor_size,
-        num_classes=self.num_classes, training=training, **self.parser_args)
+        num_classes=self.num_classes, training=training,
+        include_masks=self.include_mask, **self.parser_args)
 
   def build_inputs(self, training, global_batch_size, input_context=None):
-    pattern = self.data["train_pattern" if training else "eval_pattern"]
+    pattern = self.record_pattern(training)
     dataset = maskrcnn_input.maskrcnn_dataset(
         pattern, training, global_batch_size, self._parser(training),
         input_context=input_context, seed=self.seed,
@@ -234,7 +270,8 @@ class MaskRCNNTask(task_lib.DatasetTask):
       if training:
         features["gt_boxes"] = labels.pop("gt_boxes")
         features["gt_classes"] = labels.pop("gt_classes")
-        features["gt_masks"] = labels.pop("gt_masks")
+        if self.include_mask:
+          features["gt_masks"] = labels.pop("gt_masks")
       return features, labels
 
     return dataset.map(to_features, num_parallel_calls=tf.data.AUTOTUNE)
@@ -246,13 +283,15 @@ class MaskRCNNTask(task_lib.DatasetTask):
   def eval_outputs(self, outputs, labels):
     info = labels["image_info"]
     gt = labels["groundtruths"]
+    masks = ({"detection_masks": outputs["detection_masks"]}
+             if self.include_mask else {})
     return {
         "source_id": gt["source_id"],
         "detection_boxes": original_image_boxes(
             outputs["detection_boxes"], info, outputs["num_detections"]),
         "detection_scores": outputs["detection_scores"],
         "detection_classes": outputs["detection_classes"],
-        "detection_masks": outputs["detection_masks"],
+        **masks,
         "num_detections": outputs["num_detections"],
         "valid": labels["valid"],
         "groundtruth_boxes": gt["boxes"],
@@ -266,35 +305,37 @@ class MaskRCNNTask(task_lib.DatasetTask):
 
   def build_evaluator(self):
     return COCOEvaluator(annotation_file=self.data.get("annotation_file"),
-                         include_mask=True)
+                         include_mask=self.include_mask)
 
   def serving_preprocess(self, image):
     return detection_serving_preprocess(self._parser(training=False), image)
 
   def serving_outputs(self, model, images, image_info=None, for_tflite=False):
-    """Detections and masks; boxes in original-image pixels.
+    """Detections and (Mask R-CNN) masks; boxes in original-image pixels.
 
     Returns:
       num_detections int32 [B]; detection_boxes float32 [B, N, 4] (ymin,
       xmin, ymax, xmax), original-image pixels with image_info (else model
       input pixels); detection_scores float32 [B, N]; detection_classes
-      int32 [B, N] (0 = padding); detection_masks float32 [B, N, 28, 28],
-      mask probabilities over each detection box, N = max_detections; with
-      serve_image_masks, detection_image_masks uint8 [B, N, H, W]: those
-      masks pasted into the image (modeling.ops.mask_ops.paste_masks,
-      >= 0.5), 1 = the detection's pixels, the same pixels the COCO
+      int32 [B, N] (0 = padding), N = max_detections; Mask R-CNN only:
+      detection_masks float32 [B, N, 28, 28], mask probabilities over each
+      detection box, and with serve_image_masks, detection_image_masks
+      uint8 [B, N, H, W]: those masks pasted into the image
+      (modeling.ops.mask_ops.paste_masks, >= 0.5), 1 = the detection's
+      pixels, the same pixels the COCO
       evaluator scores. H x W is the largest original image of the batch
       with image_info (an image smaller than that occupies the top-left
       part), else the model input.
     Raises:
-      NotImplementedError: for_tflite (Mask R-CNN has no TFLite export).
+      NotImplementedError: for_tflite (neither Mask R-CNN nor Faster R-CNN
+        has a TFLite export).
     """
     if for_tflite:
       raise NotImplementedError(
-          "MaskRCNNTask has no TFLite export: its second stage (ROI Align "
-          "gathers, per-class box decoding and NMS between two networks) "
-          "has no TFLite builtin form here. Export a SavedModel instead "
-          "(python -m official.export without --format=tflite).")
+          f"{type(self).__name__} has no TFLite export: its second stage "
+          "(ROI Align gathers, per-class box decoding and NMS between two "
+          "networks) has no TFLite builtin form here. Export a SavedModel "
+          "instead (python -m official.export without --format=tflite).")
     if image_info is None:
       outputs = model(images, training=False)
       boxes = outputs["detection_boxes"]
@@ -308,8 +349,9 @@ class MaskRCNNTask(task_lib.DatasetTask):
     served = {"num_detections": outputs["num_detections"],
               "detection_boxes": boxes,
               "detection_scores": outputs["detection_scores"],
-              "detection_classes": outputs["detection_classes"],
-              "detection_masks": outputs["detection_masks"]}
+              "detection_classes": outputs["detection_classes"]}
+    if self.include_mask:
+      served["detection_masks"] = outputs["detection_masks"]
     if self.serve_image_masks:
       if image_info is None:
         size = tf.shape(images)[1], tf.shape(images)[2]
@@ -324,3 +366,52 @@ class MaskRCNNTask(task_lib.DatasetTask):
 
   def label_map(self):
     return category_names(self.data.get("annotation_file"))
+
+
+def _refuse_mask_arguments(task_name, values):
+  """Raises ValueError for a mask-branch argument set on a task without masks.
+
+  Args:
+    task_name: the task class, named in the message.
+    values: dict argument name (of MASK_ARGUMENTS) -> the value received.
+  Raises:
+    ValueError: naming each argument that differs from MaskRCNNTask's
+      default, and where such a binding comes from.
+  """
+  defaults = inspect.signature(MaskRCNNTask.__init__).parameters
+  changed = {name: value for name, value in values.items()
+             if value != defaults[name].default}
+  if changed:
+    raise ValueError(
+        f"{task_name} has no mask branch, but mask settings were given: "
+        f"{changed} (gin bindings {task_name}.<name>, or MaskRCNNTask.<name>, "
+        f"which gin applies to {task_name} where it binds nothing itself). "
+        f"Remove them, or use MaskRCNNTask for instance masks.")
+
+
+@registry.register_task
+class FasterRCNNTask(MaskRCNNTask):
+  """Faster R-CNN with FPN: MaskRCNNTask without the mask branch.
+
+  The two-stage detector SP-NAS (Sec. 4.1) and Auto-FPN (Sec. 3.1, Sec.
+  4.2) evaluate backbones and necks with: RPN, proposals, ROI sampling,
+  ROI Align and the Fast R-CNN head exactly as Mask R-CNN's
+  (modeling/models/maskrcnn.py with mask_head=None); box AP only, so the
+  dataset needs no instances JSON (without one the ground truth comes from
+  the records, as for RetinaNet); records with or without instance masks
+  (the masks are not decoded).
+
+  Args: those of MaskRCNNTask, less the mask ones (MASK_ARGUMENTS, which
+  must keep their defaults). The FPN paper's layout (Lin et al. 2017, Sec.
+  4.1 and 4.2): min_level=2, max_level=6, roi_min_level=2,
+  roi_max_level=5, num_scales=1, anchor_size=8 (32..512-pixel anchors),
+  frcnn_num_convs=0, frcnn_num_fcs=2, frcnn_fc_dims=1024.
+
+  gin: `experiment.task = @FasterRCNNTask()`; arguments are bound as
+  `FasterRCNNTask.min_level = 2`. A MaskRCNNTask binding applies to a
+  FasterRCNNTask argument that has no FasterRCNNTask binding (gin
+  configures the inherited constructor under both names), so a protocol
+  file's MaskRCNNTask.aug_scale_min reaches Faster R-CNN too.
+  """
+
+  include_mask = False

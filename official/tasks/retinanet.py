@@ -180,7 +180,7 @@ class RetinaNetTask(task_lib.DatasetTask):
         max_num_instances=self.max_num_instances)
 
   def build_inputs(self, training, global_batch_size, input_context=None):
-    pattern = self.data["train_pattern" if training else "eval_pattern"]
+    pattern = self.record_pattern(training)
     return retinanet_input.retinanet_dataset(
         pattern, training, global_batch_size, self._parser(training),
         input_context=input_context, seed=self.seed,

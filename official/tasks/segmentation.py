@@ -154,7 +154,7 @@ class SegmentationTask(task_lib.DatasetTask):
         ignore_label=self.ignore_label)
 
   def build_inputs(self, training, global_batch_size, input_context=None):
-    pattern = self.data["train_pattern" if training else "eval_pattern"]
+    pattern = self.record_pattern(training)
     return segmentation_input.segmentation_dataset(
         pattern, training, global_batch_size, self._parser(training),
         input_context=input_context, seed=self.seed,

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from modeling.backbones.resnet import resnet
+from modeling.decoders.auto_fpn import auto_fpn
 from modeling.decoders.fpn import FPN, fpn
 from modeling.decoders.identity import identity
 from modeling.decoders.registry import DECODERS
@@ -41,7 +42,7 @@ def fake_specs(levels, size=IMAGE_SIZE, channels=8):
 
 
 def test_registry():
-  assert DECODERS == {"identity": identity, "fpn": fpn}
+  assert DECODERS == {"identity": identity, "fpn": fpn, "auto_fpn": auto_fpn}
 
 
 def test_fpn_on_resnet50(backbone, features):

@@ -24,6 +24,7 @@ TASK_METRICS = {
     "RetinaNetTask": set(coco_evaluator.METRIC_NAMES),
     "MaskRCNNTask": set(coco_evaluator.METRIC_NAMES +
                         coco_evaluator.MASK_METRIC_NAMES),
+    "FasterRCNNTask": set(coco_evaluator.METRIC_NAMES),
     "ClassificationTask": {"top_1_accuracy", "top_5_accuracy"},
     "SegmentationTask": {"mIoU", "pixel_accuracy"},
 }

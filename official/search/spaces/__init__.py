@@ -1,9 +1,10 @@
-"""Search spaces by name: the SpineNet presets and the resource space."""
+"""Search spaces by name: the SpineNet presets, the resource space, SP-NAS."""
 
 from official.search.spaces import resource_space
+from official.search.spaces import sp_nas_space
 from official.search.spaces import spinenet_space
 
-SPACES = tuple(spinenet_space.SPACE_PRESETS) + ("resource",)
+SPACES = tuple(spinenet_space.SPACE_PRESETS) + ("resource", "sp_nas")
 
 
 def get_space(name):
@@ -14,6 +15,8 @@ def get_space(name):
   """
   if name == "resource":
     return resource_space.ResourceSpace()
+  if name == "sp_nas":
+    return sp_nas_space.SPNASSpace()
   if name in spinenet_space.SPACE_PRESETS:
     return spinenet_space.spinenet_space(name)
   raise ValueError(f"Unknown search space {name!r}; expected one of "

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from modeling.backbones.spinenet import SPINENET_BLOCK_SPECS
-from official.search.controllers import CONTROLLERS
+from official.search.controllers import DECISION_CONTROLLERS as CONTROLLERS
 from official.search.controllers import get_controller
 from official.search.spaces import get_space
 from official.search.surrogate import SurrogateReward

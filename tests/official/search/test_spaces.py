@@ -43,7 +43,7 @@ def _gin_block(name):
 
 
 def test_registry_lists_names_for_an_unknown_space():
-  assert set(SPACES) == set(PRESETS) | {"resource"}
+  assert set(SPACES) == set(PRESETS) | {"resource", "sp_nas"}
   with pytest.raises(ValueError, match="'nope'.*spinenet49.*resource"):
     get_space("nope")
 
