@@ -297,7 +297,7 @@ def _progress_line(records, last, num_trials, num_workers):
   what = (f"reward {last['reward']:.4f}" if last["status"] == "completed"
           else f"INFEASIBLE ({last.get('reason')})")
   best_text = (f"best {best['reward']:.4f} (trial {best['trial_id']})"
-               if best else "no feasible trial yet")
+               if best else "no ranked candidate yet")
   return (f"[{len(records)}/{num_trials}] trial {last['trial_id']} "
           f"({last.get('worker')}, {_fmt_duration(last.get('wall_seconds'))})"
           f": {what}; {best_text}; ETA {_fmt_duration(eta)}")
