@@ -94,27 +94,27 @@ def parse_options(options):
   return kwargs
 
 
-def sample_subnet_counts(stage_flops, rng, max_subnets=3):
+def sample_subnet_counts(stage_weights, rng, max_subnets=3):
   """Sub-networks per stage for one parallel sample (SP-NAS §3.2).
 
   Args:
-    stage_flops: list of float, the multiply-adds of each stage (one copy of
-      it is one sub-network).
+    stage_weights: list of positive floats, one per stage, proportional to
+      the probability of adding a sub-network there: the inverse of its
+      FLOPs (modeling/backbones/spnet_spec.py subnet_sampling_weights).
     rng: numpy Generator.
     max_subnets: K, the most copies of one stage.
   Returns:
     list of int k_l in 0..K, at least one > 0: additions uniform in
     1..ceil(K L / 2), each to stage l with probability proportional to
-    1 / stage_flops[l] among the stages that are not full.
+    stage_weights[l] among the stages that are not full.
   """
-  flops = np.asarray(stage_flops, dtype=np.float64)
-  if flops.ndim != 1 or not len(flops) or np.any(flops <= 0):
-    raise ValueError(f"stage_flops must be positive numbers, one per stage; "
-                     f"got {stage_flops!r}.")
-  num_stages = len(flops)
+  weights = np.asarray(stage_weights, dtype=np.float64)
+  if weights.ndim != 1 or not len(weights) or np.any(weights <= 0):
+    raise ValueError(f"stage_weights must be positive numbers, one per "
+                     f"stage; got {stage_weights!r}.")
+  num_stages = len(weights)
   counts = np.zeros(num_stages, dtype=np.int64)
   additions = int(rng.integers(1, math.ceil(max_subnets * num_stages / 2) + 1))
-  weights = 1.0 / flops
   for _ in range(additions):
     open_stages = counts < max_subnets
     if not open_stages.any():
@@ -398,9 +398,8 @@ class SPNASController(base.Controller):
     spec = self.space.serial_spec(serial)
     # One sub-network of stage l costs a copy of the stage and its up conv;
     # the ratios between stages do not depend on the input size or width.
-    flops = [stage["subnet_madds"] for stage in
-             spec_lib.serial_cost(spec, _COST_INPUT_SIZE)["stages"]]
-    counts = sample_subnet_counts(flops, self._rng, self.max_subnets)
+    weights = spec_lib.subnet_sampling_weights(spec, _COST_INPUT_SIZE)
+    counts = sample_subnet_counts(weights, self._rng, self.max_subnets)
     if best is None:
       sources = self._trials_of([state["parallel_base_proposal"]])
     else:

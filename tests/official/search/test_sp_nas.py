@@ -156,7 +156,8 @@ def test_sampler_orders_subnet_counts_inversely_to_stage_flops():
   flops = [s["subnet_madds"] for s in
            spnet_spec.serial_cost(spec, 640)["stages"]]
   rng = np.random.Generator(np.random.PCG64(0))
-  draws = np.array([sp_nas.sample_subnet_counts(flops, rng)
+  weights = spnet_spec.subnet_sampling_weights(spec, 640)
+  draws = np.array([sp_nas.sample_subnet_counts(weights, rng)
                     for _ in range(10_000)])
   assert draws.min() >= 0 and draws.max() <= 3
   assert (draws.sum(axis=1) >= 1).all()
