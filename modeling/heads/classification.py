@@ -56,10 +56,21 @@ class ClassificationHead(keras.layers.Layer):
     maps = self._selected(features)
     height = max(m.shape[1] for m in maps)
     width = max(m.shape[2] for m in maps)
-    x = tf.add_n([nearest_resize(m, height, width) for m in maps])
+    if all(height % m.shape[1] == 0 and width % m.shape[2] == 0
+           for m in maps):
+      # Nearest upsampling by an integer factor repeats every pixel
+      # factor^2 times, so the global mean of an upsampled map is the mean
+      # of the map itself, and the pooled average of the upsampled levels
+      # equals the average of each level's pooled vector: the same function
+      # without building the [batch, H_3, W_3, C] maps of levels 4..7.
+      x = tf.add_n([tf.reduce_mean(m, axis=[1, 2]) for m in maps])
+    else:
+      # Sizes not divisible by 2^level (e.g. 224 px) repeat pixels unevenly;
+      # the upsampled maps are averaged as described.
+      x = tf.add_n([nearest_resize(m, height, width) for m in maps])
+      x = tf.reduce_mean(x, axis=[1, 2])
     if len(maps) > 1:
       x = x / len(maps)
-    x = tf.reduce_mean(x, axis=[1, 2])
     x = self.dropout(x, training=training)
     return self.classifier(x)
 

@@ -3,6 +3,7 @@
 import keras
 
 from modeling.layers import activations
+from modeling.layers.fused_batch_norm import FusedBatchNormalization
 
 
 def kernel_initializer():
@@ -17,8 +18,13 @@ def kernel_initializer():
 
 
 def batch_norm(momentum=0.99, epsilon=1e-3, synchronized=False, name=None):
-  """A BatchNormalization layer; `synchronized` averages statistics over replicas."""
-  return keras.layers.BatchNormalization(
+  """A batch norm layer; `synchronized` averages statistics over replicas.
+
+  Keras' BatchNormalization computed by TensorFlow's fused kernel where that
+  is the same function (modeling/layers/fused_batch_norm.py), Keras' own
+  computation elsewhere (synchronized statistics included).
+  """
+  return FusedBatchNormalization(
       momentum=momentum, epsilon=epsilon, synchronized=synchronized, name=name)
 
 

@@ -227,17 +227,27 @@ def test_every_trainable_weight_gets_a_gradient(backbone_name, model_name):
   model, inputs, keys = MODELS[model_name](backbone_name)
   weights = model.trainable_variables
   assert weights, f"{backbone_name} x {model_name} has no trainable weight"
-  # The batch norms run on their moving statistics here (a Keras batch norm
-  # that is not trainable normalises with them even in training mode), so
-  # each is an affine map. On batch statistics a batch norm removes any
-  # per-channel constant of its input, so a beta or conv bias whose every
-  # path ends in another batch norm (through 1x1 convs, or 3x3 convs on a
-  # 1x1 map such as P7 at 128 px) has an analytically zero gradient, which
-  # comes out as exactly 0.0 or a rounding residue by the order of float
-  # additions: the test then failed or passed by chance. The rest of the
-  # model (ROI sampling, targets) still runs in training mode.
+  # The batch norms normalise with this batch's statistics held constant:
+  # one training-mode pass with momentum 0 sets every moving mean and
+  # variance to the batch's, then the layers are frozen (a Keras batch norm
+  # that is not trainable normalises with its moving statistics even in
+  # training mode), so each is an affine map that gives the training-mode
+  # activations. With the statistics a function of the batch, a batch norm
+  # removes any per-channel constant of its input, so a beta or conv bias
+  # whose every path ends in another batch norm (through 1x1 convs, or 3x3
+  # convs on a 1x1 map such as P7 at 128 px) has an analytically zero
+  # gradient, which comes out as exactly 0.0 or a rounding residue by the
+  # order of float additions: the test then failed or passed by chance.
+  # (Freezing at the initial statistics, mean 0 and variance 1, instead
+  # leaves activations unnormalised, and a random draw could kill a whole
+  # ReLU layer.) The rest of the model (ROI sampling, targets) runs in
+  # training mode.
   norms = _batch_norms(model)
+  momenta = [layer.momentum for layer in norms]
   try:
+    for layer in norms:
+      layer.momentum = 0.0
+    model(inputs, training=True)
     for layer in norms:
       layer.trainable = False
     with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -245,8 +255,9 @@ def test_every_trainable_weight_gets_a_gradient(backbone_name, model_name):
       outputs = model(inputs, training=True)
       loss = _projection(outputs, keys)
   finally:
-    for layer in norms:
+    for layer, momentum in zip(norms, momenta):
       layer.trainable = True
+      layer.momentum = momentum
   grads = tape.gradient(loss, [w.value for w in weights])
   without = [w.path for w, g in zip(weights, grads)
              if g is None or not np.any(g.numpy())]

@@ -177,3 +177,23 @@ def test_classification_head():
   np.testing.assert_allclose(head(features), [[2.5, 2.5, 0.0]])
   with pytest.raises(ValueError, match="levels"):
     ClassificationHead(3, levels=["6"])(features)
+
+
+@pytest.mark.parametrize("size", [128, 200])
+def test_classification_head_pools_the_average_of_upsampled_levels(size):
+  # The head's function (SpineNet paper Sec. 4.2): levels nearest-upsampled
+  # to the largest map, averaged, globally pooled. At 128 px every level
+  # divides P3 and the head pools each level instead (the same function);
+  # at 200 px (P3 25x25, P4 13x13) the upsampling is uneven and the head
+  # averages the upsampled maps.
+  sizes = {str(l): -(-size // 2 ** l) for l in range(3, 8)}
+  features = {l: tf.random.stateless_normal((2, s, s, 4), [int(l), 1])
+              for l, s in sizes.items()}
+  head = ClassificationHead(5)
+  logits = head(features)
+  top = sizes["3"]
+  upsampled = [tf.image.resize(features[l], [top, top], method="nearest")
+               for l in sorted(features, key=int)]
+  pooled = tf.reduce_mean(tf.add_n(upsampled) / 5.0, axis=[1, 2])
+  expected = head.classifier(pooled)
+  np.testing.assert_allclose(logits, expected, atol=1e-5)
