@@ -38,6 +38,8 @@ def read_metrics(model_dir):
      "mask_AP50"),
     ("configs/smoke/faster_rcnn.gin", "synthetic_coco_records.data_dir",
      "AP50"),
+    ("configs/smoke/auto_fpn.gin", "synthetic_coco_records.data_dir",
+     "AP50"),
     ("configs/smoke/segmentation.gin", "synthetic_pascal_records.data_dir",
      "mIoU"),
 ])

@@ -43,8 +43,11 @@ Choices where the paper is silent, written down here as the project rule:
 - Batch norm as in the neck: none in the super-network (Sec. 4.1, Table 7),
   after every conv of the discrete network by default (use_batch_norm=None
   means False for search=True, True for a genotype).
-- Prediction layers as in the Fast R-CNN head: class logits N(0, 0.01), box
-  deltas N(0, 0.001), zero biases, outputs cast to float32.
+- Prediction layers: those of the Fast R-CNN head, from their one source
+  (modeling/heads/fast_rcnn.py, BoxHead): class logits N(0, 0.01), box
+  deltas N(0, 0.001), zero biases, outputs cast to float32, class-major
+  deltas. A BoxHead is what the two-stage detector
+  (modeling/models/maskrcnn.py) takes as its box head.
 """
 
 import keras
@@ -52,7 +55,7 @@ import numpy as np
 import tensorflow as tf
 
 from modeling.heads import arguments
-from modeling.heads.fast_rcnn import roi_feature_dims
+from modeling.heads.fast_rcnn import BoxHead, roi_feature_dims
 from modeling.heads.registry import register_head
 from modeling.layers import activations
 from modeling.layers import auto_fpn_ops
@@ -305,7 +308,7 @@ class AutoHeadCell(keras.layers.Layer):
 
 @register_head("auto_head")
 @keras.saving.register_keras_serializable(package="spinenet")
-class AutoHead(keras.layers.Layer):
+class AutoHead(BoxHead):
   """Class logits and box deltas for each ROI, from searched cells.
 
   Input: ROI features [batch, num_rois, S, S, C] (S, C static; 7x7 ROI Align
@@ -339,20 +342,17 @@ class AutoHead(keras.layers.Layer):
                num_filters=512, class_agnostic_boxes=False, activation="relu",
                use_batch_norm=None, use_sync_bn=False, norm_momentum=0.99,
                norm_epsilon=1e-3, **kwargs):
-    super().__init__(**kwargs)
-    arguments.check_integers("AutoHead", (
-        ("num_classes", num_classes, 2), ("num_cells", num_cells, 1)))
+    super().__init__(num_classes, class_agnostic_boxes, **kwargs)
+    arguments.check_integers("AutoHead", (("num_cells", num_cells, 1),))
     self.node_filters = _node_filters(num_filters)
     if bool(search) == (genotype is not None):
       raise ValueError(
           "AutoHead: give a genotype (the decoded head) or search=True (the "
           f"super-network), not both nor neither; got search={search!r}, "
           f"genotype={genotype!r}.")
-    self.num_classes = int(num_classes)
     self.search = bool(search)
     self.num_cells = int(num_cells)
     self.num_filters = int(num_filters)
-    self.class_agnostic_boxes = bool(class_agnostic_boxes)
     self.activation = activations.check_activation(activation)
     self._use_batch_norm_arg = use_batch_norm
     self.use_batch_norm = (not self.search if use_batch_norm is None
@@ -383,21 +383,9 @@ class AutoHead(keras.layers.Layer):
       cells.append(AutoHeadCell(edge_ops, self.node_filters, reads[m],
                                 name=f"cell_{m}", **norm))
     self.cells = tracked_list(self, "cell", cells)
-    self.class_predict = keras.layers.Dense(
-        self.num_classes,
-        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-        bias_initializer="zeros", name="class_predict")
-    self.box_predict = keras.layers.Dense(
-        self.num_box_outputs,
-        kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
-        bias_initializer="zeros", name="box_predict")
+    self.make_predictors()
     self.alpha = None
     self._roi_size = None
-
-  @property
-  def num_box_outputs(self):
-    """Box delta columns per ROI: 4, or 4 * num_classes."""
-    return 4 if self.class_agnostic_boxes else 4 * self.num_classes
 
   def build(self, input_shape):
     height, width, channels = roi_feature_dims(self.name, input_shape)
@@ -410,8 +398,7 @@ class AutoHead(keras.layers.Layer):
       if cell is not None:
         cell.build((None, height, width, widths[m]),
                    (None, height, width, widths[m + 1]))
-    self.class_predict.build((None, self.num_filters))
-    self.box_predict.build((None, self.num_filters))
+    self.build_predictors(self.num_filters)
 
   @property
   def architecture_weights(self):
@@ -492,27 +479,14 @@ class AutoHead(keras.layers.Layer):
       states.append(cell(inputs[0], inputs[1], mixing=cell_mixing,
                          training=training))
     pooled = tf.reduce_mean(states[-1], axis=[1, 2])
-    class_logits = tf.cast(self.class_predict(pooled), tf.float32)
-    box_deltas = tf.cast(self.box_predict(pooled), tf.float32)
-    return (tf.reshape(class_logits, [batch, num_rois, self.num_classes]),
-            tf.reshape(box_deltas, [batch, num_rois, self.num_box_outputs]))
-
-  def compute_output_shape(self, input_shape):
-    roi_feature_dims(self.name, input_shape)
-    leading = tuple(input_shape)[:2]
-    return leading + (self.num_classes,), leading + (self.num_box_outputs,)
-
-  def compute_output_spec(self, roi_features, training=None):
-    return tuple(keras.KerasTensor(s, dtype="float32")
-                 for s in self.compute_output_shape(roi_features.shape))
+    return self.predict_outputs(pooled, batch, num_rois)
 
   def get_config(self):
     config = super().get_config()
     config.update(
-        num_classes=self.num_classes, genotype=self.genotype,
+        genotype=self.genotype,
         search=self.search, num_cells=self.num_cells,
         num_filters=self.num_filters,
-        class_agnostic_boxes=self.class_agnostic_boxes,
         activation=self.activation, use_batch_norm=self._use_batch_norm_arg,
         use_sync_bn=self.use_sync_bn, norm_momentum=self.norm_momentum,
         norm_epsilon=self.norm_epsilon)

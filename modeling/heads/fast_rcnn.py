@@ -26,6 +26,11 @@ Choices written down here as the project rule:
   included.
 - The prediction layers compute in the layer's compute dtype and their
   outputs are cast to float32.
+
+BoxHead, the base class of this head and of Auto-FPN's Auto-head
+(modeling/heads/auto_head.py), holds those prediction layers, their output
+layout and shapes once; the two-stage assembly (modeling/models/maskrcnn.py)
+takes any BoxHead as its box head.
 """
 
 import keras
@@ -58,9 +63,98 @@ def roi_feature_dims(layer_name, shape):
   return tuple(int(d) for d in shape[2:])
 
 
+class BoxHead(keras.layers.Layer):
+  """Base of the second-stage box heads: class and box prediction layers.
+
+  A subclass computes one feature vector per ROI, [batch * num_rois, D], and
+  hands it to `predict_outputs`, which applies Fast R-CNN's two sibling
+  output layers (Girshick 2015, Sec. 2: class scores and per-class box
+  regression) and returns what the two-stage detector reads: a tuple
+  (class_logits, box_deltas), float32 [batch, num_rois, num_classes] and
+  [batch, num_rois, 4 * num_classes] (class major: columns 4c..4c+3 are the
+  deltas of class c) or [batch, num_rois, 4] with class_agnostic_boxes.
+
+  The layers are attributes named class_predict and box_predict, so their
+  checkpoint paths are class_predict/kernel, box_predict/kernel (and bias)
+  in every subclass. Initialisation (module docstring): N(0, 0.01) for the
+  logits, N(0, 0.001) for the deltas, zero biases.
+
+  Args:
+    num_classes: classes, background column 0 included (COCO: 91); an
+      integer >= 2.
+    class_agnostic_boxes: one box per ROI instead of one per class.
+    **kwargs: keras.layers.Layer arguments (name, dtype).
+  Raises:
+    ValueError: num_classes is not an integer >= 2 (named with the
+      subclass).
+  """
+
+  def __init__(self, num_classes, class_agnostic_boxes=False, **kwargs):
+    super().__init__(**kwargs)
+    arguments.check_integers(type(self).__name__,
+                             (("num_classes", num_classes, 2),))
+    self.num_classes = int(num_classes)
+    self.class_agnostic_boxes = bool(class_agnostic_boxes)
+    self.class_predict = None
+    self.box_predict = None
+
+  def make_predictors(self):
+    """Creates class_predict and box_predict; the subclass calls it last in
+    its constructor, so that the layers come after its own in the layer's
+    weight order (the order FastRCNNHead has always had)."""
+    self.class_predict = keras.layers.Dense(
+        self.num_classes,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+        bias_initializer="zeros", name="class_predict")
+    self.box_predict = keras.layers.Dense(
+        self.num_box_outputs,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
+        bias_initializer="zeros", name="box_predict")
+
+  @property
+  def num_box_outputs(self):
+    """Box delta columns per ROI: 4, or 4 * num_classes."""
+    return 4 if self.class_agnostic_boxes else 4 * self.num_classes
+
+  def build_predictors(self, feature_dims):
+    """Builds the two prediction layers on [None, feature_dims] vectors."""
+    self.class_predict.build((None, int(feature_dims)))
+    self.box_predict.build((None, int(feature_dims)))
+
+  def predict_outputs(self, features, batch, num_rois):
+    """Class logits and box deltas of per-ROI feature vectors.
+
+    Args:
+      features: [batch * num_rois, D] in the layer's compute dtype.
+      batch, num_rois: ints or scalar int32 tensors, the leading dims of
+        the outputs.
+    Returns:
+      (class_logits, box_deltas), float32, shapes as in the class docstring.
+    """
+    class_logits = tf.cast(self.class_predict(features), tf.float32)
+    box_deltas = tf.cast(self.box_predict(features), tf.float32)
+    return (tf.reshape(class_logits, [batch, num_rois, self.num_classes]),
+            tf.reshape(box_deltas, [batch, num_rois, self.num_box_outputs]))
+
+  def compute_output_shape(self, input_shape):
+    roi_feature_dims(self.name, input_shape)
+    leading = tuple(input_shape)[:2]
+    return leading + (self.num_classes,), leading + (self.num_box_outputs,)
+
+  def compute_output_spec(self, roi_features, training=None):
+    return tuple(keras.KerasTensor(s, dtype="float32")
+                 for s in self.compute_output_shape(roi_features.shape))
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(num_classes=self.num_classes,
+                  class_agnostic_boxes=self.class_agnostic_boxes)
+    return config
+
+
 @register_head("fast_rcnn")
 @keras.saving.register_keras_serializable(package="spinenet")
-class FastRCNNHead(keras.layers.Layer):
+class FastRCNNHead(BoxHead):
   """Class logits and box deltas for each ROI.
 
   Input: ROI features [batch, num_rois, h, w, C] (h, w, C static; the ROI
@@ -88,20 +182,17 @@ class FastRCNNHead(keras.layers.Layer):
                class_agnostic_boxes=False, activation="relu",
                use_sync_bn=False, norm_momentum=0.99, norm_epsilon=1e-3,
                **kwargs):
-    super().__init__(**kwargs)
+    super().__init__(num_classes, class_agnostic_boxes, **kwargs)
     arguments.check_integers("FastRCNNHead", (
-        ("num_classes", num_classes, 2),
         ("num_convs", num_convs, 0),
         ("num_filters", num_filters, 1),
         ("num_fcs", num_fcs, 0),
         ("fc_dims", fc_dims, 1)))
-    self.num_classes = int(num_classes)
     self.num_convs = int(num_convs)
     self.num_filters = int(num_filters)
     self.num_fcs = int(num_fcs)
     self.fc_dims = int(fc_dims)
     self.use_separable_conv = bool(use_separable_conv)
-    self.class_agnostic_boxes = bool(class_agnostic_boxes)
     self.activation = activations.check_activation(activation)
     self.use_sync_bn = use_sync_bn
     self.norm_momentum = norm_momentum
@@ -120,26 +211,13 @@ class FastRCNNHead(keras.layers.Layer):
     self.conv_norms = tracked_list(self, "conv_norm", self._conv_tower.norms)
     self.fcs = tracked_list(self, "fc", self._fc_tower.layers)
     self.fc_norms = tracked_list(self, "fc_norm", self._fc_tower.norms)
-    self.class_predict = keras.layers.Dense(
-        self.num_classes,
-        kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-        bias_initializer="zeros", name="class_predict")
-    self.box_predict = keras.layers.Dense(
-        self.num_box_outputs,
-        kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
-        bias_initializer="zeros", name="box_predict")
-
-  @property
-  def num_box_outputs(self):
-    """Box delta columns per ROI: 4, or 4 * num_classes."""
-    return 4 if self.class_agnostic_boxes else 4 * self.num_classes
+    self.make_predictors()
 
   def build(self, input_shape):
     height, width, channels = roi_feature_dims(self.name, input_shape)
     channels = self._conv_tower.build((None, height, width, channels))[-1]
     shape = self._fc_tower.build((None, height * width * channels))
-    self.class_predict.build(shape)
-    self.box_predict.build(shape)
+    self.build_predictors(shape[-1])
 
   def call(self, roi_features, training=None):
     height, width, channels = roi_feature_dims(self.name, roi_features.shape)
@@ -150,27 +228,14 @@ class FastRCNNHead(keras.layers.Layer):
     x = self._conv_tower(x, training=training)
     x = tf.reshape(x, [-1, height * width * x.shape[-1]])
     x = self._fc_tower(x, training=training)
-    class_logits = tf.cast(self.class_predict(x), tf.float32)
-    box_deltas = tf.cast(self.box_predict(x), tf.float32)
-    return (tf.reshape(class_logits, [batch, num_rois, self.num_classes]),
-            tf.reshape(box_deltas, [batch, num_rois, self.num_box_outputs]))
-
-  def compute_output_shape(self, input_shape):
-    roi_feature_dims(self.name, input_shape)
-    leading = tuple(input_shape)[:2]
-    return leading + (self.num_classes,), leading + (self.num_box_outputs,)
-
-  def compute_output_spec(self, roi_features, training=None):
-    return tuple(keras.KerasTensor(s, dtype="float32")
-                 for s in self.compute_output_shape(roi_features.shape))
+    return self.predict_outputs(x, batch, num_rois)
 
   def get_config(self):
     config = super().get_config()
     config.update(
-        num_classes=self.num_classes, num_convs=self.num_convs,
+        num_convs=self.num_convs,
         num_filters=self.num_filters, num_fcs=self.num_fcs,
         fc_dims=self.fc_dims, use_separable_conv=self.use_separable_conv,
-        class_agnostic_boxes=self.class_agnostic_boxes,
         activation=self.activation, use_sync_bn=self.use_sync_bn,
         norm_momentum=self.norm_momentum, norm_epsilon=self.norm_epsilon)
     return config

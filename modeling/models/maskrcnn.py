@@ -23,6 +23,11 @@ the model is a keras.Model subclass rather than one functional graph:
              -> 28x28 mask probabilities of each detection's class.
 
 Choices written down here as the project rule:
+- The box head ("Fast R-CNN head" below) is any BoxHead
+  (modeling/heads/fast_rcnn.py): the Fast R-CNN head, or Auto-FPN's
+  searched Auto-head (Sec. 3.3, modeling/heads/auto_head.py), which takes
+  and returns the same tensors. It keeps the attribute name fast_rcnn_head
+  either way, so checkpoints and configs of the two differ only inside it.
 - Proposals, sampled ROIs and detections are clipped to each image's valid
   (unpadded) region when `image_shape` is given, as in Model Garden; then a
   detection box never reaches into the padding, and a mask predicted over
@@ -64,7 +69,7 @@ Choices written down here as the project rule:
 import keras
 import tensorflow as tf
 
-from modeling.heads.fast_rcnn import FastRCNNHead
+from modeling.heads.fast_rcnn import BoxHead
 from modeling.heads.mask_head import MaskHead
 from modeling.heads.rpn import RPNHead
 from modeling.models import features as features_lib
@@ -133,7 +138,11 @@ class MaskRCNNModel(keras.Model):
     decoder: keras.Model mapping the backbone's outputs to dict str(level) ->
       [B, S / 2^l, S / 2^l, C] features, or None.
     rpn_head: an RPNHead; its levels are the anchor levels.
-    fast_rcnn_head: a FastRCNNHead.
+    fast_rcnn_head: the box head, a BoxHead (modeling/heads/fast_rcnn.py):
+      the Fast R-CNN head (FastRCNNHead) or Auto-FPN's Auto-head (AutoHead,
+      modeling/heads/auto_head.py); ROI features [B, R, bins, bins, C] ->
+      (class_logits [B, R, num_classes], box_deltas [B, R, 4 num_classes]
+      or [B, R, 4]), float32.
     mask_head: a MaskHead with the Fast R-CNN head's num_classes, or None
       for Faster R-CNN (no mask branch, no mask outputs).
     num_scales, aspect_ratios, anchor_size: the RPN anchors (the public
@@ -182,12 +191,16 @@ class MaskRCNNModel(keras.Model):
     kwargs["autocast"] = False
     super().__init__(**kwargs)
     heads = [("rpn_head", rpn_head, RPNHead),
-             ("fast_rcnn_head", fast_rcnn_head, FastRCNNHead)]
+             ("fast_rcnn_head", fast_rcnn_head, BoxHead)]
     if mask_head is not None:
       heads.append(("mask_head", mask_head, MaskHead))
     for name, head, kind in heads:
       if not isinstance(head, kind):
-        raise ValueError(f"MaskRCNNModel: {name} must be a {kind.__name__}"
+        # The box head: any BoxHead, whose num_classes, num_box_outputs and
+        # (class_logits, box_deltas) outputs the second stage reads.
+        what = ("a BoxHead (modeling/heads/fast_rcnn.py: FastRCNNHead, "
+                "AutoHead)" if kind is BoxHead else f"a {kind.__name__}")
+        raise ValueError(f"MaskRCNNModel: {name} must be {what}"
                          f"{' or None' if name == 'mask_head' else ''}, got "
                          f"{type(head).__name__}.")
     if nms_method not in NMS_METHODS:

@@ -182,6 +182,12 @@ class Trainer(train_loop.TrainLoop, evaluation_loop.EvaluationLoop,
       SP-NAS rules (modeling/backbones/spnet_spec.py INHERITANCE_ALIASES),
       under which a parallel subnet's block "sub2_block7" inherits the
       serial block "block7" (Sec. 3.2).
+    frozen_modules: None, or "backbone" / "decoder" (or both, as for
+      init_checkpoint_modules): those modules are not trained (Keras'
+      trainable=False: no gradient, no optimizer slot, and their batch norms
+      normalise with their moving statistics). Model Garden's
+      `freeze_backbone`; the Auto-FPN search protocol (Sec. 4.1, Table 7)
+      trains necks and heads on a frozen backbone.
     save_inheritable_weights: the chief writes every weight to
       MODEL_DIR/inheritable_weights.npz when training is over: after the
       last step, and also when a resumed run has no step left to train.
@@ -201,7 +207,8 @@ class Trainer(train_loop.TrainLoop, evaluation_loop.EvaluationLoop,
                precision="auto", jit_compile=False, deterministic_seed=None,
                max_train_steps=None, init_checkpoint=None,
                init_checkpoint_modules="backbone", inherit_weights_from=None,
-               inherit_weights_aliases=None, save_inheritable_weights=False):
+               inherit_weights_aliases=None, save_inheritable_weights=False,
+               frozen_modules=None):
     self.task = task
     self.model_dir = model_dir
     self.strategy = strategy
@@ -264,6 +271,11 @@ class Trainer(train_loop.TrainLoop, evaluation_loop.EvaluationLoop,
     self.init_checkpoint_modules = fine_tuning.parse_modules(
         init_checkpoint_modules)
     self.init_report = None
+    self.frozen_modules = (fine_tuning.parse_modules(frozen_modules)
+                           if frozen_modules else ())
+    if "all" in self.frozen_modules:
+      raise ValueError("Trainer.frozen_modules='all' would train nothing; "
+                       "expected 'backbone', 'decoder' or both.")
     self.inherit_weights_from = _inherit_sources(inherit_weights_from)
     if self.inherit_weights_from and self.init_checkpoint:
       raise ValueError(
@@ -336,6 +348,7 @@ class Trainer(train_loop.TrainLoop, evaluation_loop.EvaluationLoop,
       if self.model is None:
         self.model = self.task.build_model()
         self._ensure_built(self.model)
+        self._freeze(self.model)
         self.global_step = tf.Variable(
             0, dtype=tf.int64, trainable=False, name="global_step",
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -359,6 +372,24 @@ class Trainer(train_loop.TrainLoop, evaluation_loop.EvaluationLoop,
                  self.strategy.num_replicas_in_sync)
     if for_training:  # Eval runs keep the training run's operative config.
       self.write_operative_config()
+
+  def _freeze(self, model):
+    """Sets trainable=False on the modules of `frozen_modules`.
+
+    Raises:
+      ValueError: a named module the model does not have.
+    """
+    if not self.frozen_modules:
+      return
+    modules = checkpointing.model_modules(model)
+    for name in self.frozen_modules:
+      if name not in modules:
+        raise ValueError(
+            f"Trainer.frozen_modules names {name!r}, but {model.name} has "
+            f"only {sorted(m for m in modules if m != 'all')}.")
+      modules[name].trainable = False
+      logging.info("Frozen: %s (%d weights not trained).", name,
+                   len(modules[name].weights))
 
   def _ensure_built(self, model):
     """Creates a subclassed model's variables by calling it on zeros."""

@@ -540,6 +540,13 @@ class DartsSearch:
     self.cost_table = tf.constant(self.module.cost_table(), tf.float32)
 
     backbone = checkpointing.model_modules(model).get("backbone")
+    if "backbone" in trainer.frozen_modules and not self.options.freeze_backbone:
+      raise ValueError(
+          f"--space={self.space}: --search_options=freeze_backbone=false, but "
+          f"the proxy {self.settings['gin_files']} freezes the backbone "
+          "(Trainer.frozen_modules = 'backbone'); add --gin_param="
+          "\"Trainer.frozen_modules = None\" to train it in the search, or "
+          "drop freeze_backbone=false.")
     if self.options.freeze_backbone:
       if backbone is None:
         raise ValueError("freeze_backbone: the model has no backbone.")

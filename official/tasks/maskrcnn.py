@@ -13,6 +13,12 @@ the same model with no mask head, no gt_masks, no mask loss, no mask
 outputs, box AP only (with or without an instances JSON, as RetinaNet),
 and records with or without instance masks.
 
+The box head is the Fast R-CNN head of the frcnn_* arguments, or a
+gin-bound builder named by `box_head`: `@auto_head`, Auto-FPN's searched
+head (Sec. 3.3; modeling/heads/auto_head.py), the super-network for the
+head search (`auto_head.search = True`, official/search/darts.py) or a
+decoded genotype (`auto_head.genotype = [...]`, best_auto_fpn_head.gin).
+
 Features the model gets: in training a dict {"images", "gt_boxes",
 "gt_classes", "gt_masks" (Mask R-CNN only), "image_shape"} (the second
 stage samples its ROIs against the ground truth inside the model); in
@@ -27,6 +33,7 @@ import gin
 import tensorflow as tf
 
 from dataloaders import maskrcnn_input
+from modeling.heads.auto_head import AutoHead
 from modeling.heads.fast_rcnn import FastRCNNHead
 from modeling.heads.mask_head import MaskHead
 from modeling.heads.rpn import RPNHead
@@ -46,6 +53,53 @@ from official.tasks.retinanet import synthetic_coco_records
 # Mask R-CNN setting is not silently ignored.
 MASK_ARGUMENTS = ("mask_num_convs", "mask_num_filters", "mask_crop_size",
                   "num_mask_samples", "mask_weight", "serve_image_masks")
+# MaskRCNNTask arguments that only the Fast R-CNN head reads: with a
+# `box_head` builder they must keep their defaults (refused, not ignored).
+FRCNN_ARGUMENTS = ("frcnn_num_convs", "frcnn_num_filters", "frcnn_num_fcs",
+                   "frcnn_fc_dims")
+# What the task passes to a box head builder itself: gin bindings of these
+# are refused at parse time (the norm options are norm_activation's).
+BOX_HEAD_SUPPLIED = ("num_classes", "name", "activation", "use_sync_bn",
+                     "norm_momentum", "norm_epsilon")
+# The name the box head gets in the model, whichever head it is (its
+# variables are fast_rcnn_head/...; modeling/models/maskrcnn.py).
+BOX_HEAD_NAME = "fast_rcnn_head"
+
+
+def _box_head_builder(head_cls, gin_name):
+  """A gin configurable `gin_name` that builds `head_cls` with its arguments.
+
+  The builder's keyword arguments are the head constructor's own (and
+  `name`), read from its signature, so defaults and documentation stay at
+  the head; BOX_HEAD_SUPPLIED are denylisted (the task passes them).
+  """
+  parameters = [
+      p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+      for n, p in inspect.signature(head_cls.__init__).parameters.items()
+      if n != "self" and p.kind not in (inspect.Parameter.VAR_KEYWORD,
+                                        inspect.Parameter.VAR_POSITIONAL)]
+  parameters.append(inspect.Parameter("name", inspect.Parameter.KEYWORD_ONLY,
+                                      default=None))
+
+  def build(**kwargs):
+    return head_cls(**kwargs)
+
+  build.__signature__ = inspect.Signature(parameters)
+  build.__name__ = gin_name
+  build.__doc__ = (f"Builds {head_cls.__name__} ({head_cls.__module__}); the "
+                   "arguments are its constructor's.")
+  return gin.external_configurable(build, gin_name,
+                                   denylist=list(BOX_HEAD_SUPPLIED))
+
+
+# Box heads a gin file names as MaskRCNNTask.box_head / FasterRCNNTask.box_head:
+# Auto-FPN's Auto-head, and the Fast R-CNN head with its own bindings
+# (fast_rcnn_head.fc_dims = ...), which a file can replace by another box
+# head where frcnn_* task settings would have to be unbound
+# (configs/search/auto_fpn_head_synthetic_coco.gin).
+BOX_HEADS = {"auto_head": _box_head_builder(AutoHead, "auto_head"),
+             "fast_rcnn_head": _box_head_builder(FastRCNNHead,
+                                                 "fast_rcnn_head")}
 
 
 @gin.configurable
@@ -101,7 +155,7 @@ class MaskRCNNTask(task_lib.DatasetTask):
       Mask R-CNN: 1, (0.5, 1, 2), 3; 5 for SpineNet-190).
     rpn_num_convs, rpn_num_filters: RPN head (1 x 256).
     frcnn_num_convs, frcnn_num_filters, frcnn_num_fcs, frcnn_fc_dims: Fast
-      R-CNN head (4 x 256 convs, 1 FC of 1024).
+      R-CNN head (4 x 256 convs, 1 FC of 1024); without `box_head` only.
     mask_num_convs, mask_num_filters: mask head (4 x 256).
     head_use_separable_conv: separable 3x3 convs in all three heads
       (Eff-SpineNet).
@@ -128,6 +182,15 @@ class MaskRCNNTask(task_lib.DatasetTask):
       mask_ops.py). Costs about 4 x 4 bytes x N x H x W of memory per
       image at serving time; False serves the 28 x 28 masks only.
     seed: makes the input pipeline deterministic.
+    box_head: None for the Fast R-CNN head of the frcnn_* arguments, or a
+      gin-bound box head builder (BOX_HEADS: @auto_head,
+      @fast_rcnn_head), called with
+      num_classes, the norm_activation options and name="fast_rcnn_head";
+      it must return a BoxHead (modeling/heads/fast_rcnn.py).
+  Raises:
+    ValueError: (construction) mask settings on a task without masks;
+      frcnn_* settings, or head_use_separable_conv for a builder without
+      use_separable_conv, together with `box_head` (naming them).
   """
 
   # A class attribute, not an argument: the registered name says whether
@@ -157,7 +220,7 @@ class MaskRCNNTask(task_lib.DatasetTask):
                frcnn_huber_delta=1.0, rpn_score_weight=1.0,
                rpn_box_weight=1.0, frcnn_class_weight=1.0,
                frcnn_box_weight=1.0, mask_weight=1.0, serve_image_masks=True,
-               seed=None):
+               seed=None, box_head=None):
     self.backbone_fn = backbone
     self.decoder_fn = decoder
     self.data_fn = data
@@ -170,6 +233,12 @@ class MaskRCNNTask(task_lib.DatasetTask):
           mask_num_convs=mask_num_convs, mask_num_filters=mask_num_filters,
           mask_crop_size=mask_crop_size, num_mask_samples=num_mask_samples,
           mask_weight=mask_weight, serve_image_masks=serve_image_masks))
+    if box_head is not None:
+      _refuse_frcnn_arguments(type(self).__name__, box_head, dict(
+          frcnn_num_convs=frcnn_num_convs,
+          frcnn_num_filters=frcnn_num_filters, frcnn_num_fcs=frcnn_num_fcs,
+          frcnn_fc_dims=frcnn_fc_dims), head_use_separable_conv)
+    self.box_head_fn = box_head
     self.num_scales = num_scales
     self.aspect_ratios = tuple(aspect_ratios)
     self.anchor_size = anchor_size
@@ -234,9 +303,14 @@ class MaskRCNNTask(task_lib.DatasetTask):
         num_anchors_per_location=self.num_scales * len(self.aspect_ratios),
         use_separable_conv=separable, **self.rpn_head_args, **norm,
         name="rpn_head")
-    fast_rcnn_head = FastRCNNHead(
-        num_classes=self.num_classes, use_separable_conv=separable,
-        **self.frcnn_head_args, **norm, name="fast_rcnn_head")
+    if self.box_head_fn is None:
+      fast_rcnn_head = FastRCNNHead(
+          num_classes=self.num_classes, use_separable_conv=separable,
+          **self.frcnn_head_args, **norm, name=BOX_HEAD_NAME)
+    else:
+      extra = {"use_separable_conv": True} if separable else {}
+      fast_rcnn_head = self.box_head_fn(num_classes=self.num_classes,
+                                        **norm, **extra, name=BOX_HEAD_NAME)
     mask_head = MaskHead(
         num_classes=self.num_classes, use_separable_conv=separable,
         **self.mask_head_args, **norm,
@@ -389,6 +463,35 @@ def _refuse_mask_arguments(task_name, values):
         f"Remove them, or use MaskRCNNTask for instance masks.")
 
 
+def _refuse_frcnn_arguments(task_name, box_head, values, separable):
+  """Raises ValueError for Fast R-CNN head settings given with a box_head.
+
+  Args:
+    task_name: the task class, named in the message.
+    box_head: the gin-bound builder (its name is given).
+    values: dict argument name (of FRCNN_ARGUMENTS) -> the value received.
+    separable: head_use_separable_conv; refused when the builder has no
+      use_separable_conv argument (AutoHead has none).
+  Raises:
+    ValueError: naming each argument and the builder.
+  """
+  defaults = inspect.signature(MaskRCNNTask.__init__).parameters
+  changed = {name: value for name, value in values.items()
+             if value != defaults[name].default}
+  name = getattr(box_head, "__name__", type(box_head).__name__)
+  if changed:
+    raise ValueError(
+        f"{task_name}.box_head = @{name} replaces the Fast R-CNN head, but "
+        f"its settings were given: {changed}. Remove them (the box head's "
+        f"own arguments are bound as {name}.<argument>).")
+  if separable and "use_separable_conv" not in inspect.signature(
+      box_head).parameters:
+    raise ValueError(
+        f"{task_name}.head_use_separable_conv = True, but the box head "
+        f"@{name} has no separable convs (no use_separable_conv argument); "
+        "set it False or use the Fast R-CNN head.")
+
+
 @registry.register_task
 class FasterRCNNTask(MaskRCNNTask):
   """Faster R-CNN with FPN: MaskRCNNTask without the mask branch.
@@ -405,7 +508,9 @@ class FasterRCNNTask(MaskRCNNTask):
   must keep their defaults). The FPN paper's layout (Lin et al. 2017, Sec.
   4.1 and 4.2): min_level=2, max_level=6, roi_min_level=2,
   roi_max_level=5, num_scales=1, anchor_size=8 (32..512-pixel anchors),
-  frcnn_num_convs=0, frcnn_num_fcs=2, frcnn_fc_dims=1024.
+  frcnn_num_convs=0, frcnn_num_fcs=2, frcnn_fc_dims=1024. Auto-FPN's
+  searched head instead: `FasterRCNNTask.box_head = @auto_head`
+  (configs/search/auto_fpn_head_synthetic_coco.gin).
 
   gin: `experiment.task = @FasterRCNNTask()`; arguments are bound as
   `FasterRCNNTask.min_level = 2`. A MaskRCNNTask binding applies to a

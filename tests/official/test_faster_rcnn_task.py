@@ -185,3 +185,69 @@ def test_backbone_restores_alone_for_fine_tuning(task, tmp_path):
     np.testing.assert_array_equal(a.numpy(), b.numpy(), a.path)
   kernel = lambda m: m.rpn_head.trainable_variables[0].numpy()
   assert not np.array_equal(kernel(trained), kernel(fresh))  # Not restored.
+
+
+# The box head as a gin-bound builder (MaskRCNNTask.box_head): Auto-FPN's
+# discrete Auto-head of configs/smoke/auto_fpn.gin.
+AUTO_FPN_SMOKE = "configs/smoke/auto_fpn.gin"
+# A Fast R-CNN head setting beside it (the smoke Fast R-CNN file's).
+FRCNN_SETTINGS = ["FasterRCNNTask.frcnn_num_convs = 1",
+                  "FasterRCNNTask.frcnn_fc_dims = 32"]
+
+
+def test_an_auto_head_is_the_box_head_and_serves():
+  # pylint: disable-next=g-import-not-at-top
+  from modeling.heads.auto_head import AutoHead
+  task = parse(AUTO_FPN_SMOKE, ["FasterRCNNTask.max_detections = 5"])
+  keras.utils.set_random_seed(0)
+  model = task.build_model()
+  head = model.fast_rcnn_head
+  assert isinstance(head, AutoHead) and not head.search
+  assert head.name == maskrcnn_task.BOX_HEAD_NAME and head.use_batch_norm
+  assert head.num_classes == model.num_classes == 8
+  # Checkpoint paths of the shared predictor are those of FastRCNNHead.
+  paths = {v.path for v in head.weights}
+  assert {"fast_rcnn_head/class_predict/kernel",
+          "fast_rcnn_head/box_predict/kernel"} <= paths
+  # Global average pooling of the last 16-wide cell (Sec. 4.1), 8 classes.
+  assert tuple(head.class_predict.kernel.shape) == (16, 8)
+  assert tuple(head.box_predict.kernel.shape) == (16, 32)
+  image = tf.cast(tf.random.stateless_uniform([96, 64, 3], [1, 2], 0, 255),
+                  tf.uint8)
+  model_input, image_info = task.serving_preprocess(image)
+  outputs = task.serving_outputs(model, model_input[None], image_info[None])
+  assert set(outputs) == OUTPUT_KEYS
+  assert outputs["detection_boxes"].shape == (1, 5, 4)
+  # The config round trip (evaluation and export rebuild from it).
+  clone = type(model).from_config(model.get_config())
+  assert isinstance(clone.fast_rcnn_head, AutoHead)
+  assert clone.fast_rcnn_head.genotype == head.genotype
+  gin.clear_config()
+
+
+def test_fast_rcnn_settings_beside_another_box_head_are_refused():
+  # With @auto_head the frcnn_* settings would be ignored, so they are an
+  # error naming them.
+  with pytest.raises(ValueError, match=r"box_head = @auto_head replaces the "
+                     r"Fast R-CNN head.*'frcnn_num_convs': 1, 'frcnn_fc_dims'"
+                     r": 32"):
+    parse(AUTO_FPN_SMOKE, FRCNN_SETTINGS)
+  with pytest.raises(ValueError, match="has no separable convs"):
+    parse(AUTO_FPN_SMOKE, ["FasterRCNNTask.head_use_separable_conv = True"])
+  # The task passes num_classes and the norm options itself.
+  with pytest.raises(ValueError, match="num_classes"):
+    parse(AUTO_FPN_SMOKE, ["auto_head.num_classes = 3"])
+  gin.clear_config()
+
+
+def test_the_model_refuses_a_box_head_that_is_not_one():
+  # pylint: disable-next=g-import-not-at-top
+  from modeling.heads.mask_head import MaskHead
+  from modeling.models.maskrcnn import MaskRCNNModel
+  model = parse("configs/smoke/faster_rcnn.gin").build_model()
+  with pytest.raises(ValueError, match=r"fast_rcnn_head must be a BoxHead "
+                     r"\(modeling/heads/fast_rcnn.py: FastRCNNHead, AutoHead\)"
+                     r", got MaskHead"):
+    MaskRCNNModel(model.backbone, model.decoder, model.rpn_head,
+                  MaskHead(8, num_convs=0, num_filters=8), None)
+  gin.clear_config()

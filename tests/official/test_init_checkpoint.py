@@ -13,6 +13,7 @@ from modeling.backbones.spinenet import spinenet
 from modeling.decoders.identity import identity
 from modeling.heads.retinanet import RetinaNetHead
 from modeling.heads.segmentation import SegmentationHead
+from modeling.models.classifier import build_classifier
 from modeling.models.retinanet import build_retinanet
 from modeling.models.segmentation import build_segmenter
 from official.core import checkpointing
@@ -208,5 +209,50 @@ def test_trainer_initialises_a_fresh_run_only(tmp_path, monkeypatch):
     assert resumed.init_report is None
     assert any("is not applied: the run resumes from its own checkpoint" in m
                for m in messages)
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_frozen_backbone_is_not_trained(tmp_path):
+  """Trainer.frozen_modules='backbone': the backbone's weights and batch-norm
+  statistics stay as initialised while the head trains (Model Garden's
+  freeze_backbone; Auto-FPN Sec. 4.1 searches on a frozen backbone)."""
+  records = str(tmp_path / "seg.tfrecord")
+  write_segmentation_records(records, 4)
+  data = lambda: dict(train_pattern=records, eval_pattern=records,
+                      num_train=4, num_eval=4, num_classes=3)
+
+  def make_trainer(model_dir, frozen):
+    task = segmentation.SegmentationTask(
+        backbone=small_backbone, data=data, num_classes=3, image_size=128,
+        head_num_convs=1, head_num_filters=8, aug_scale_min=1.0,
+        aug_scale_max=1.0)
+    return trainer_lib.Trainer(
+        task, str(tmp_path / model_dir),
+        distribute.get_strategy("one_device"), train_epochs=1,
+        train_batch_size=2, steps_per_loop=2,
+        learning_rate_fn=functools.partial(
+            schedules.learning_rate_schedule, base_learning_rate=0.1,
+            decay="constant"), frozen_modules=frozen)
+
+  try:
+    trainer = make_trainer("run", "backbone")
+    trainer.build()
+    backbone = checkpointing.model_modules(trainer.model)["backbone"]
+    before = {v.path: v.numpy() for v in backbone.variables}
+    head = trainer.model.get_layer("segmentation_head")
+    head_before = {v.path: v.numpy() for v in head.trainable_variables}
+    assert not backbone.trainable_variables
+    trainer.train()
+    for variable in backbone.variables:  # BN moving statistics included.
+      np.testing.assert_array_equal(variable.numpy(), before[variable.path])
+    assert any(not np.array_equal(v.numpy(), head_before[v.path])
+               for v in head.trainable_variables)
+    with pytest.raises(ValueError, match="frozen_modules='all'"):
+      make_trainer("all", "all")
+    # A classifier has no decoder to freeze.
+    classifier = build_classifier(small_backbone(), 3)
+    with pytest.raises(ValueError, match="has only"):
+      make_trainer("decoder", "decoder")._freeze(classifier)  # pylint: disable=protected-access
   finally:
     keras.mixed_precision.set_global_policy("float32")

@@ -35,7 +35,10 @@ PROXY = "configs/search/auto_fpn_neck_digits.gin"
 TINY = ["spnet.serial = 'BNB(11,d11,d11,d11)'", "spnet.max_level = 3",
         "auto_fpn.max_level = 3", "auto_fpn.num_layers = 2",
         "auto_fpn.num_filters = 8", "Trainer.train_batch_size = 32",
-        "Trainer.train_epochs = 2", "Trainer.checkpoint_every_steps = 10"]
+        "Trainer.train_epochs = 2", "Trainer.checkpoint_every_steps = 10",
+        # The backbone is trained with the neck here (freeze_backbone=false
+        # below), so the proxy's frozen backbone for retraining is undone.
+        "Trainer.frozen_modules = None"]
 # 719 trainA images at batch 32: 23 steps per epoch, 46 in all, architecture
 # updates from step 15 (the first third). Measured on this run (seed 0): L
 # 3864 > M 2888 > S 1192 decoded parameters, the same order after 10, 20
@@ -110,28 +113,37 @@ def test_split_halves_are_disjoint_and_cover_the_training_set(search):
     assert set(original) == set(records["trainA"]) | set(records["trainB"])
 
 
-def test_alternating_updates_touch_only_their_own_weights(search):
-  _reset(search)
-  assert (search.total_steps, search.arch_start_step) == (TOTAL_STEPS,
-                                                          ARCH_START)
+def _check_alternation(search, arch_start, frozen=()):
+  """Runs arch_start + 2 steps, checking what each kind of step moves.
+
+  A network step moves network weights and not alpha; an architecture step
+  moves alpha and no network weight; no step before arch_start is an
+  architecture step; `frozen` variables (a frozen backbone's, its batch-norm
+  statistics included) move in neither.
+  """
   network, arch = search.network_weights, search.architecture_weights
   assert len(arch) == 1 and not any(v is arch[0] for v in network)
+  frozen = list(frozen)
   calls = []
   network_step, arch_step = search._network_step, search._arch_step
 
   def checked_network_step(features, labels):
     arch_before, net_before = _values(arch), _values(network)
+    frozen_before = _values(frozen)
     out = network_step(features, labels)
     assert not _changed(arch_before, arch), "a network step moved alpha"
     assert _changed(net_before, network)
+    assert not _changed(frozen_before, frozen), "the frozen part moved"
     calls.append("network")
     return out
 
   def checked_arch_step(features, labels):
     arch_before, net_before = _values(arch), _values(network)
+    frozen_before = _values(frozen)
     out = arch_step(features, labels)
     assert not _changed(net_before, network), "an alpha step moved weights"
     assert _changed(arch_before, arch)
+    assert not _changed(frozen_before, frozen), "the frozen part moved"
     calls.append("arch")
     return out
 
@@ -139,16 +151,23 @@ def test_alternating_updates_touch_only_their_own_weights(search):
                                              checked_arch_step)
   try:
     alpha0 = _values(arch)
-    for _ in range(ARCH_START):
+    for _ in range(arch_start):
       search.run_step()
     # No architecture update in the first third of the epochs.
     assert not _changed(alpha0, arch)
-    for _ in range(ARCH_START, ARCH_START + 2):
+    for _ in range(arch_start, arch_start + 2):
       search.run_step()
   finally:
     search._network_step, search._arch_step = network_step, arch_step
-  assert calls == ["network"] * (ARCH_START + 1) + ["arch", "network",
-                                                     "arch"]
+  assert calls == ["network"] * (arch_start + 1) + ["arch", "network",
+                                                    "arch"]
+
+
+def test_alternating_updates_touch_only_their_own_weights(search):
+  _reset(search)
+  assert (search.total_steps, search.arch_start_step) == (TOTAL_STEPS,
+                                                          ARCH_START)
+  _check_alternation(search, ARCH_START)
 
 
 def test_decoded_size_shrinks_as_lambda_grows(search, tmp_path):
@@ -212,4 +231,64 @@ def test_resumed_search_ends_where_an_uninterrupted_one_does(search, capsys):
   assert isinstance(neck, AutoFusionNeck) and not neck.search
   assert neck.genotype == written["genotype"]
   assert neck.count_params() == written["decoded_parameters"]
+  gin.clear_config()
+
+
+# The head search (--space=auto_fpn_head) on the synthetic Faster R-CNN proxy
+# with a fixed neck: one skip link per level and layer (the cheapest neck
+# with an input at every node), written as a neck search would write it.
+HEAD_PROXY = "configs/search/auto_fpn_head_synthetic_coco.gin"
+SKIP_NECK = [[["skip" if i == j else "none" for j in range(4)]
+              for i in range(4)] for _ in range(2)]
+# 8 training images at batch 2: trainA 4 images, 2 steps per epoch, 4 in
+# all, architecture updates from step round(4 / 3) = 1.
+HEAD_TINY = ["synthetic_coco_records.num_train = 8",
+             "synthetic_coco_records.num_val = 2",
+             "Trainer.train_batch_size = 2", "Trainer.train_epochs = 2",
+             "FasterRCNNTask.num_sampled_rois = 8",
+             "FasterRCNNTask.rpn_post_nms_top_k = 16"]
+
+
+def test_head_search_on_the_faster_rcnn_proxy_decodes_a_discrete_head(
+    tmp_path, no_gin_bindings):
+  del no_gin_bindings
+  # pylint: disable=g-import-not-at-top
+  from modeling.heads.auto_head import AutoHead, check_head_genotype
+  from official import registry
+  from official.core import gin_config
+  # pylint: enable=g-import-not-at-top
+  neck_gin = tmp_path / "neck" / darts.BEST_GIN["auto_fpn_neck"]
+  neck_gin.parent.mkdir()
+  neck_gin.write_text("# A fixed neck for the test.\n"
+                      "auto_fpn.search = False\n"
+                      f"auto_fpn.genotype = {json.dumps(SKIP_NECK)}\n")
+  params = HEAD_TINY + [
+      f"synthetic_coco_records.data_dir = '{tmp_path / 'data'}'"]
+  search = darts.DartsSearch(
+      "auto_fpn_head", str(tmp_path / "search"), [HEAD_PROXY], params,
+      {"neck_gin": str(neck_gin.parent), "log_every_steps": "2"},
+      seed=0).build()
+  assert isinstance(search.module, AutoHead) and search.module.search
+  assert not search.model.decoder.search  # The decoded neck, fixed.
+  assert search.model.decoder.genotype == SKIP_NECK
+  assert (search.total_steps, search.arch_start_step) == (4, 1)
+  # The backbone is frozen (Table 7): neither step moves any of its
+  # variables; the head's beta alone moves on architecture steps.
+  assert not search.model.backbone.trainable_variables
+  _check_alternation(search, 1, frozen=search.model.backbone.variables)
+  result = search.run(verbose=False)
+  assert result["steps"] == 4 and result["space"] == "auto_fpn_head"
+  genotype = check_head_genotype(result["genotype"], 2)
+  assert genotype == search.module.decode()
+
+  # best_auto_fpn_head.gin, after the proxy, builds the decoded neck and
+  # head, discrete, with the counted parameters.
+  best = tmp_path / "search" / darts.BEST_GIN["auto_fpn_head"]
+  gin_config.parse_gin([HEAD_PROXY, str(best)], params, skip_unknown=False)
+  model = registry.experiment().build_model()
+  head = model.fast_rcnn_head
+  assert isinstance(head, AutoHead) and not head.search
+  assert head.genotype == genotype and head.use_batch_norm
+  assert head.count_params() == result["decoded_parameters"]
+  assert model.decoder.genotype == SKIP_NECK and not model.decoder.search
   gin.clear_config()
