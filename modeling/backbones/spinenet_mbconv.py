@@ -31,6 +31,12 @@ official/model_stats.py):
   init_rate * k / N, N = 16); the stem blocks get none.
 - DropBlock is not implemented for MBConv blocks (no protocol uses it with
   them); dropblock_keep_prob must be None.
+- The squeeze-excitation is EfficientNet's (block activation, sigmoid gate)
+  unless se_inner_activation / se_gating say otherwise; Model Garden's
+  SpineNet-Mobile, whose checkpoints official.import_checkpoint reads, is
+  se_inner_activation='relu', se_gating='hard_sigmoid'
+  (modeling/layers/mbconv.py says where each form comes from). Neither
+  changes a width or a parameter count.
 """
 
 import inspect
@@ -42,9 +48,10 @@ from modeling.backbones.scale_permuted import BlockSpec  # pylint: disable=unuse
 from modeling.backbones.scale_permuted import check_input_size
 from modeling.backbones.registry import register_backbone
 from modeling.backbones.scale_permuted import parse_block_specs
+from modeling.layers import activations
 from modeling.layers.conv_bn import ConvBNAct
 from modeling.layers.fusion import BlockFusion
-from modeling.layers.mbconv import MBConvBlock
+from modeling.layers.mbconv import MBConvBlock, check_se_gating
 from modeling.layers.resampling import DOWNSAMPLE_MODES, MBConvResample
 
 BLOCK_TYPES = scale_permuted.MBCONV_BLOCK_TYPES
@@ -163,6 +170,15 @@ class SpineNetMBConv(keras.Model):
     dropblock_keep_prob, dropblock_size: accepted for the backbone contract;
       DropBlock is not supported here (keep_prob must be None).
     require_divisible_input: check H, W against 2^max_level.
+    se_inner_activation: activation after every block's SE reduce conv; None
+      (default) takes `activation` (EfficientNet), "relu" for Model Garden's
+      SpineNet-Mobile.
+    se_gating: every block's SE gate, "sigmoid" (default) or "hard_sigmoid"
+      (Model Garden's SpineNet-Mobile; see MBConvBlock).
+
+  Raises:
+    ValueError: bad block specs, widths, repeats, input size or modes, an
+      unknown activation or se_gating, or dropblock_keep_prob set.
   """
 
   def __init__(self, input_shape=(384, 384, 3),
@@ -175,7 +191,8 @@ class SpineNetMBConv(keras.Model):
                init_stochastic_depth_rate=0.0, activation="swish",
                use_sync_bn=False, norm_momentum=0.99, norm_epsilon=1e-3,
                dropblock_keep_prob=None, dropblock_size=3,
-               require_divisible_input=True, name="spinenet_mbconv"):
+               require_divisible_input=True, se_inner_activation=None,
+               se_gating="sigmoid", name="spinenet_mbconv"):
     num_init_blocks = len(STEM_LEVELS)
     specs = parse_block_specs(block_specs, num_init_blocks, min_level,
                               max_level, block_types=BLOCK_TYPES)
@@ -189,6 +206,14 @@ class SpineNetMBConv(keras.Model):
     if downsample_mode not in DOWNSAMPLE_MODES:
       raise ValueError(f"Unknown downsample_mode {downsample_mode!r}; "
                        f"expected one of {DOWNSAMPLE_MODES}.")
+    # Checked here so that the error names the backbone argument rather than
+    # the first block that would build the squeeze-excitation.
+    check_se_gating(se_gating, name)
+    if se_inner_activation is not None:
+      try:
+        activations.check_activation(se_inner_activation)
+      except ValueError as e:
+        raise ValueError(f"{name}: se_inner_activation: {e}") from e
     network = network_description(dict(
         input_shape=input_shape, block_specs=specs, min_level=min_level,
         max_level=max_level, endpoints_num_filters=endpoints_num_filters,
@@ -213,7 +238,8 @@ class SpineNetMBConv(keras.Model):
             strides=node.strides if r == 0 else 1,
             expand_ratio=expand_ratio, kernel_size=kernel_size,
             se_ratio=se_ratio, stochastic_depth_rate=sd_rate,
-            activation=activation, name=f"{node.layer_prefix}_repeat_{r + 1}",
+            activation=activation, se_inner_activation=se_inner_activation,
+            se_gating=se_gating, name=f"{node.layer_prefix}_repeat_{r + 1}",
             **bn)(x)
       return x
 
@@ -258,7 +284,8 @@ class SpineNetMBConv(keras.Model):
         activation=activation, use_sync_bn=use_sync_bn,
         norm_momentum=norm_momentum, norm_epsilon=norm_epsilon,
         dropblock_keep_prob=dropblock_keep_prob, dropblock_size=dropblock_size,
-        require_divisible_input=require_divisible_input)
+        require_divisible_input=require_divisible_input,
+        se_inner_activation=se_inner_activation, se_gating=se_gating)
     self.min_level = min_level
     self.max_level = max_level
     self.endpoints_num_filters = endpoints_num_filters
@@ -288,7 +315,8 @@ def spinenet_mbconv(input_shape=(384, 384, 3), model_id="49", block_specs=None,
                     require_divisible_input=True, activation="swish",
                     use_sync_bn=False, norm_momentum=0.99, norm_epsilon=1e-3,
                     init_stochastic_depth_rate=0.0, dropblock_keep_prob=None,
-                    dropblock_size=3, name=None):
+                    dropblock_size=3, se_inner_activation=None,
+                    se_gating="sigmoid", name=None):
   """Builds SpineNet-`model_id` with MBConv blocks (49, 49S, 49XS, 49XXS).
 
   Args:
@@ -296,6 +324,10 @@ def spinenet_mbconv(input_shape=(384, 384, 3), model_id="49", block_specs=None,
     endpoints_num_filters, filter_size_scale: None takes the model id's value.
     block_specs: None for MBCONV_BLOCK_SPECS.
     name: None for "spinenet<model_id>_mbconv".
+    se_inner_activation, se_gating: the squeeze-excitation's functions;
+      `spinenet_mbconv.se_inner_activation = 'relu'` and
+      `spinenet_mbconv.se_gating = 'hard_sigmoid'` in gin build Model
+      Garden's SpineNet-Mobile blocks (needed to import its checkpoints).
     Other arguments: see SpineNetMBConv.
   Returns:
     A SpineNetMBConv (outputs as modeling/backbones/registry.py says).
@@ -324,6 +356,7 @@ def spinenet_mbconv(input_shape=(384, 384, 3), model_id="49", block_specs=None,
       norm_epsilon=norm_epsilon,
       init_stochastic_depth_rate=init_stochastic_depth_rate,
       dropblock_keep_prob=dropblock_keep_prob, dropblock_size=dropblock_size,
+      se_inner_activation=se_inner_activation, se_gating=se_gating,
       name=name or f"spinenet{model_id.lower()}_mbconv", **scaling)
 
 

@@ -19,6 +19,82 @@ def test_squeeze_excitation_harness():
               (2, 4, 4, 12), (2, 4, 4, 12))
 
 
+def test_squeeze_excitation_hard_sigmoid_harness():
+  # The config round trip inside fails if the gate is not serialized: the
+  # clone would gate with a sigmoid.
+  check_layer(lambda: SqueezeExcitation(3, "relu", "hard_sigmoid",
+                                        name="se"),
+              (2, 4, 4, 12), (2, 4, 4, 12))
+
+
+def _set_se_weights(layer, channels, rng):
+  layer.build((None, 4, 4, channels))
+  weights = [rng.normal(size=w.shape).astype("float32")
+             for w in layer.get_weights()]
+  layer.set_weights(weights)
+  return weights
+
+
+@pytest.mark.parametrize("activation,gating", [
+    ("swish", "sigmoid"),        # EfficientNet's form, the MBConv default
+    ("relu", "hard_sigmoid"),    # Model Garden's SpineNet-Mobile
+])
+def test_squeeze_excitation_computes_its_gate(activation, gating):
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(2, 4, 4, 6)).astype("float32")
+  layer = SqueezeExcitation(2, activation, gating, name="se")
+  w1, b1, w2, b2 = _set_se_weights(layer, 6, rng)
+  squeeze = x.mean(axis=(1, 2)) @ w1[0, 0] + b1
+  squeeze = (np.maximum(squeeze, 0) if activation == "relu"
+             else squeeze / (1 + np.exp(-squeeze)))
+  logits = squeeze @ w2[0, 0] + b2
+  if gating == "sigmoid":
+    gate = 1 / (1 + np.exp(-logits))
+  else:
+    # Model Garden's constant 0.16667, not 1 / 6.
+    gate = np.clip(logits + 3, 0, 6) * 0.16667
+  np.testing.assert_allclose(layer(x), x * gate[:, None, None, :],
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_hard_sigmoid_uses_model_gardens_constant():
+  # Reduce weights zero, expand bias 5: every gate is relu6(8) * 0.16667.
+  layer = SqueezeExcitation(1, "relu", "hard_sigmoid", name="se")
+  layer.build((None, 2, 2, 3))
+  layer.reduce.kernel.assign(np.zeros((1, 1, 3, 1), "float32"))
+  layer.expand.bias.assign(np.full((3,), 5.0, "float32"))
+  out = layer(np.ones((1, 2, 2, 3), "float32")).numpy()
+  np.testing.assert_array_equal(out, np.float32(6.0) * np.float32(0.16667))
+  assert out.flat[0] != 1.0
+
+
+def test_mbconv_squeeze_excitation_options():
+  default = MBConvBlock(8, 8, activation="hard_swish", name="mb")
+  # Defaults unchanged: the block activation and a sigmoid.
+  assert (default.se.activation, default.se.gating) == ("hard_swish",
+                                                        "sigmoid")
+  config = default.get_config()
+  assert (config["se_inner_activation"], config["se_gating"]) == (
+      None, "sigmoid")
+  # A config saved before the options existed rebuilds the same block.
+  del config["se_inner_activation"], config["se_gating"]
+  old = MBConvBlock.from_config(config)
+  assert (old.se.activation, old.se.gating) == ("hard_swish", "sigmoid")
+  garden = MBConvBlock(8, 8, se_inner_activation="relu",
+                       se_gating="hard_sigmoid", name="mb2")
+  assert (garden.se.activation, garden.se.gating) == ("relu", "hard_sigmoid")
+  # The block activation stays swish everywhere else.
+  assert garden.depthwise.activation == "swish"
+  assert MBConvBlock.from_config(garden.get_config()).se.gating == (
+      "hard_sigmoid")
+
+
+def test_mbconv_with_model_gardens_squeeze_excitation_harness():
+  check_layer(lambda: MBConvBlock(8, 8, se_inner_activation="relu",
+                                  se_gating="hard_sigmoid", name="mb"),
+              (2, 8, 8, 8), (2, 8, 8, 8))
+
+
 @pytest.mark.parametrize("in_filters,filters,strides,expected", [
     (8, 8, 1, (2, 8, 8, 8)),      # residual
     (8, 16, 2, (2, 4, 4, 16)),    # strided, no residual
@@ -52,6 +128,13 @@ def test_mbconv_rejects_bad_arguments():
     MBConvBlock(8, 8, expand_ratio=0)
   with pytest.raises(ValueError, match="se_ratio"):
     MBConvBlock(8, 8, se_ratio=2.0)
+  with pytest.raises(ValueError, match=r"mb_gate: unknown se_gating "
+                     r"'hard'; expected one of \['sigmoid', 'hard_sigmoid'\]"):
+    MBConvBlock(8, 8, se_gating="hard", name="mb_gate")
+  with pytest.raises(ValueError, match="Unknown activation 'gelu'"):
+    MBConvBlock(8, 8, se_inner_activation="gelu")
+  with pytest.raises(ValueError, match="se: unknown se_gating 'tanh'"):
+    SqueezeExcitation(2, "relu", "tanh", name="se")
   block = MBConvBlock(8, 8, name="mb")
   with pytest.raises(ValueError, match="in_filters is 8"):
     block.build((None, 4, 4, 6))
