@@ -4,6 +4,11 @@ import setuptools
 
 _SEARCH = ["google-vizier[jax]==0.1.24", "jax==0.4.38", "jaxlib==0.4.38",
            "flax==0.10.2", "optax==0.2.4", "chex==0.1.88", "matplotlib"]
+# Running .tflite files (LiteRT, which replaces tf.lite.Interpreter) and
+# writing / running .onnx files: a set that installs and imports beside
+# TensorFlow 2.21, protobuf 7 and numpy 2.
+_SERVING = ["ai-edge-litert==2.3.0", "tf2onnx==1.17.0", "onnx==1.23.2",
+            "onnxruntime==1.32.0"]
 
 setuptools.setup(
     name="spinenet-keras",
@@ -35,8 +40,11 @@ setuptools.setup(
         # Vizier. An unpinned google-vizier[jax] resolves a jax that fails at
         # import; this set installs and imports beside TensorFlow 2.21.
         "search": _SEARCH,
+        # official.export --format=onnx, and official.predict /
+        # official.export_agreement on .tflite and .onnx files.
+        "serving": _SERVING,
         "test": ["pytest", "pytest-xdist", "hypothesis>=6",
                  "importlib_resources", "nbclient", "nbformat",
-                 "ipykernel"] + _SEARCH,
+                 "ipykernel"] + _SEARCH + _SERVING,
     },
 )

@@ -1,4 +1,4 @@
-r"""Exports a trained model as a SavedModel (TF Serving) or a TFLite model.
+r"""Exports a trained model as a SavedModel (TF Serving), a TFLite or an ONNX model.
 
   python -m official.export --model_dir=DIR --export_dir=OUT \
     [--checkpoint=CKPT] [--input_type=image_tensor|image_bytes|tf_example] \
@@ -6,6 +6,9 @@ r"""Exports a trained model as a SavedModel (TF Serving) or a TFLite model.
 
   python -m official.export --model_dir=DIR --export_dir=OUT.tflite \
     --format=tflite [--quantization=float32|float16|int8]
+
+  python -m official.export --model_dir=DIR --export_dir=OUT.onnx \
+    --format=onnx [--batch_size=N] [--opset=17]
 
 The model is rebuilt from DIR/config.gin (written when it was trained);
 --gin_param overrides serving settings such as
@@ -24,7 +27,18 @@ dataset names its classes, label_map.json ({"class id": "name"}).
 TFLite: batch 1, input float32 [1, S, S, 3] pixels (official/serving.py:
 `tflite_input`), NMS as a TFLite builtin. int8 quantizes weights and
 activations, calibrated on --num_calibration_images images of the training
-records; the input and outputs stay float32.
+records; the input and outputs stay float32. <stem>.config.gin and (when
+the dataset names its classes) <stem>.label_map.json are written beside it.
+
+ONNX (through tf2onnx, opset --opset, default exporting.ONNX_OPSET): the
+TFLite input, float32 [batch, S, S, 3] pixels, with the batch dynamic unless
+--batch_size fixes it; the outputs of the SavedModel by name (boxes in input
+pixels, as for TFLite). Detectors run NMS in the graph as ONNX
+NonMaxSuppression (batched, class-aware). config.gin and label_map.json
+travel inside, as the model's metadata_props. A graph with an op that does
+not convert fails naming the TensorFlow op and node, and nothing is
+written. official/runtimes.py runs .tflite (LiteRT) and .onnx (ONNX
+Runtime) files.
 
 The export is written to a temporary path next to OUT and moved into place
 when complete, so a failed export leaves an existing OUT as it was.
@@ -34,6 +48,11 @@ import sys
 
 from absl import app
 from absl import flags
+
+# First: another top-level `official` (Model Garden's) is named, not an
+# ImportError from deep inside (official/package_check.py).
+from official import package_check  # pylint: disable=g-bad-import-order
+package_check.ensure_ours()
 
 from official import exporting
 from official import serving
@@ -46,18 +65,19 @@ flags.DEFINE_string("model_dir", None, "Training run directory (its "
 flags.DEFINE_string("checkpoint", None, "Checkpoint path prefix (default: "
                     "the latest in --model_dir).")
 flags.DEFINE_string("export_dir", None, "Where to write the SavedModel "
-                    "directory or the .tflite file.")
+                    "directory, the .tflite or the .onnx file.")
 flags.DEFINE_enum("format", "saved_model", exporting.FORMATS, "What to write.")
 flags.DEFINE_enum("input_type", "image_tensor", serving.INPUT_TYPES,
                   "SavedModel input (official/serving.py).")
 flags.DEFINE_integer("batch_size", None, "Fixed batch size of the SavedModel "
-                     "signature (default: any).")
+                     "signature or the ONNX input (default: any).")
 flags.DEFINE_integer("image_size", None, "Model input size (default: the "
                      "trained one).")
 flags.DEFINE_enum("quantization", "float32", exporting.QUANTIZATIONS,
                   "TFLite weights and activations.")
 flags.DEFINE_integer("num_calibration_images", 100, "int8 calibration "
                      "images from the training records.")
+flags.DEFINE_integer("opset", exporting.ONNX_OPSET, "ONNX opset.")
 flags.DEFINE_multi_string("gin_param", [], "Gin bindings parsed after the "
                           "model directory's config.gin.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing export.")
@@ -77,6 +97,10 @@ def main(argv):
       path = exporting.export_saved_model(
           task, model, FLAGS.export_dir, FLAGS.input_type, FLAGS.batch_size,
           FLAGS.overwrite)
+    elif FLAGS.format == "onnx":
+      path = exporting.export_onnx(task, model, FLAGS.export_dir,
+                                   FLAGS.batch_size, FLAGS.opset,
+                                   FLAGS.overwrite)
     else:
       path = exporting.export_tflite(
           task, model, FLAGS.export_dir, FLAGS.quantization,

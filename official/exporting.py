@@ -1,12 +1,18 @@
-"""Export library: rebuild a trained model from its directory, write SavedModels and TFLite.
+"""Export library: rebuild a trained model from its directory, write SavedModels, TFLite and ONNX.
 
 The command line is official/export.py (its docstring describes the outputs);
-notebooks and tools call these functions directly.
+notebooks and tools call these functions directly. Exported .tflite and
+.onnx files are run by official/runtimes.py.
 """
 
+import collections
+import contextlib
+import json
+import logging as std_logging
 import os
 import tempfile
 import uuid
+import warnings
 
 import gin
 import keras
@@ -15,14 +21,20 @@ from absl import logging
 
 from dataloaders import readers
 from official import registry
+from official import runtimes
 from official import serving
 from official.core import checkpointing
 from official.core import gin_config
 from official.core import task as task_lib
 
-FORMATS = ("saved_model", "tflite")
+FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZATIONS = ("float32", "float16", "int8")
 LABEL_MAP_FILE = "label_map.json"
+# ONNX opset of the exports: NonMaxSuppression (10+) with the batched,
+# class-aware semantics combined NMS maps to, opset 13's Squeeze/Unsqueeze
+# axes as inputs; 17 is the newest that tf2onnx 1.17 writes with every
+# handler we use and that ONNX Runtime and TensorRT 8.6+ both run.
+ONNX_OPSET = 17
 # TFLite ops left in float32 by int8 quantization. Post-processing must stay
 # float (8-bit scores tie in top-k; 8-bit anchors, exp() and the class shift
 # before NMS ruin the boxes); the box decode shares ADD / SUB / MUL with the
@@ -33,6 +45,10 @@ FLOAT_OPS_IN_INT8 = ("LOGISTIC", "TOPK_V2", "GATHER", "EXP",
                      "MAXIMUM", "TILE", "FLOOR_DIV", "FLOOR_MOD",
                      "REDUCE_MAX", "SOFTMAX", "PACK", "UNPACK", "ADD", "SUB",
                      "MUL", "STRIDED_SLICE", "CAST")
+
+
+# The start of tf.lite.Interpreter's deprecation warning (a regex).
+_TFLITE_INTERPRETER_WARNING = r"\s*Warning: tf.lite.Interpreter is deprecated"
 
 
 class ExportError(ValueError):
@@ -221,13 +237,18 @@ def export_tflite(task, model, export_path, quantization="float32",
       converter.representative_dataset = lambda: calibration_images(
           task, num_calibration_images)
       # The quantization debugger is the converter's way to keep chosen op
-      # types in float (FLOAT_OPS_IN_INT8).
-      debugger = tf.lite.experimental.QuantizationDebugger(
-          converter=converter,
-          debug_dataset=lambda: calibration_images(task, 1),
-          debug_options=tf.lite.experimental.QuantizationDebugOptions(
-              denylisted_ops=list(FLOAT_OPS_IN_INT8)))
-      flatbuffer = debugger.get_nondebug_quantized_model()
+      # types in float (FLOAT_OPS_IN_INT8). It opens tf.lite.Interpreters of
+      # its own, part of the conversion, which warn that tf.lite.Interpreter
+      # is deprecated (runtimes.py runs exports on LiteRT's); the warning is
+      # not about anything we run.
+      with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_TFLITE_INTERPRETER_WARNING)
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter,
+            debug_dataset=lambda: calibration_images(task, 1),
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(
+                denylisted_ops=list(FLOAT_OPS_IN_INT8)))
+        flatbuffer = debugger.get_nondebug_quantized_model()
   tmp = f"{export_path}.tmp-{uuid.uuid4().hex}"
   try:
     with tf.io.gfile.GFile(tmp, "wb") as f:
@@ -236,11 +257,156 @@ def export_tflite(task, model, export_path, quantization="float32",
   finally:
     if tf.io.gfile.exists(tmp):
       tf.io.gfile.remove(tmp)
+  # Beside the model (a .tflite file has no assets folder): the config, for
+  # official.predict's preprocessing, and the label map.
+  with tf.io.gfile.GFile(
+      runtimes.sidecar_path(export_path, runtimes.CONFIG_KEY), "w") as f:
+    f.write(gin.config_str())
   label_map = task.label_map()
-  if label_map:  # Beside the model: a .tflite file has no assets folder.
+  if label_map:
     gin_config.write_json(
-        os.path.splitext(export_path)[0] + "." + LABEL_MAP_FILE,
+        runtimes.sidecar_path(export_path, runtimes.LABEL_MAP_KEY),
         {str(k): v for k, v in sorted(label_map.items())})
   logging.info("Wrote the TFLite model %s (%s, %.1f MB).", export_path,
                quantization, len(flatbuffer) / 2**20)
+  return export_path
+
+
+class _Tf2onnxFailures(std_logging.Handler):
+  """Collects what tf2onnx logs about ops it could not convert.
+
+  tf2onnx logs an op without a handler ("Tensorflow op [name: type] is not
+  supported") and leaves it in the graph, and logs a handler that failed
+  ("Failed to convert node ...") before raising its exception; the records
+  carry the node name and op type that our error message names.
+  """
+
+  def __init__(self):
+    super().__init__(std_logging.ERROR)
+    self.unsupported = collections.OrderedDict()  # op type -> node names
+    self.failed = []  # (node name, handler)
+
+  def emit(self, record):
+    message, args = str(record.msg), record.args or ()
+    if "is not supported" in message and len(args) == 2:
+      self.unsupported.setdefault(str(args[1]), []).append(str(args[0]))
+    elif message.startswith("Failed to convert node") and len(args) >= 2:
+      handler = getattr(args[1], "__qualname__", str(args[1]))
+      self.failed.append((str(args[0]), handler.split(".")[0]))
+
+
+@contextlib.contextmanager
+def _tf2onnx_logging():
+  """Records tf2onnx's conversion failures; keeps its INFO lines quiet."""
+  failures = _Tf2onnxFailures()
+  logger = std_logging.getLogger("tf2onnx")
+  level = logger.level
+  logger.addHandler(failures)
+  logger.setLevel(std_logging.ERROR)
+  try:
+    yield failures
+  finally:
+    logger.removeHandler(failures)
+    logger.setLevel(level)
+
+
+def _unconvertible(failures, node_op):
+  """The ExportError message part listing what tf2onnx could not convert."""
+  parts = []
+  for op, nodes in failures.unsupported.items():
+    parts.append(f"TensorFlow op {op} (node {nodes[0]}"
+                 f"{f' and {len(nodes) - 1} more' if len(nodes) > 1 else ''})"
+                 f" has no ONNX conversion in tf2onnx")
+  for node, handler in failures.failed:
+    op = node_op.get(node, handler)
+    parts.append(f"TensorFlow op {op} (node {node}) failed to convert")
+  return "; ".join(parts)
+
+
+def _onnx_packages():
+  """(onnx, tf2onnx), imported on first use; ExportError when missing."""
+  try:
+    import onnx  # pylint: disable=g-import-not-at-top
+    import tf2onnx  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ExportError(f"--format=onnx needs onnx and tf2onnx ({e}): pip "
+                      f"install -e \".[serving]\" (setup.py).") from e
+  return onnx, tf2onnx
+
+
+def convert_to_onnx(function, opset=ONNX_OPSET):
+  """Converts a traced tf.function (variables frozen) to an ONNX ModelProto.
+
+  Args:
+    function: a tf.function with an input signature, already traced.
+    opset: the ONNX opset to write.
+  Returns:
+    The onnx.ModelProto, checked by onnx.checker.
+  Raises:
+    ExportError: an op of the graph has no ONNX conversion, or its
+      conversion failed; the message names the TensorFlow op type and node.
+  """
+  onnx, tf2onnx = _onnx_packages()
+  concrete = function.get_concrete_function()
+  node_op = {node.name: node.op
+             for node in concrete.graph.as_graph_def().node}
+  with _tf2onnx_logging() as failures:
+    try:
+      model_proto, _ = tf2onnx.convert.from_function(
+          function, input_signature=function.input_signature, opset=opset)
+    except Exception as e:  # A handler's own exception; named below.
+      listed = _unconvertible(failures, node_op)
+      raise ExportError(f"ONNX conversion (tf2onnx {tf2onnx.__version__}, "
+                        f"opset {opset}) failed: {listed or e}"
+                        f"{f' ({e})' if listed else ''}.") from e
+  # tf2onnx keeps going past ops it cannot map, leaving TensorFlow nodes in
+  # the graph; no ONNX runtime would load that.
+  listed = _unconvertible(failures, node_op)
+  foreign = sorted({f"{node.op_type} (node {node.name})"
+                    for node in model_proto.graph.node
+                    if not onnx.defs.has(node.op_type, node.domain)})
+  if listed or foreign:
+    raise ExportError(f"ONNX conversion (tf2onnx {tf2onnx.__version__}, "
+                      f"opset {opset}) cannot convert the graph: "
+                      f"{listed or 'ops with no ONNX schema: ' + ', '.join(foreign)}"
+                      f". Nothing was written.")
+  onnx.checker.check_model(model_proto)
+  return model_proto
+
+
+def export_onnx(task, model, export_path, batch_size=None, opset=ONNX_OPSET,
+                overwrite=False):
+  """Writes an .onnx model (see official/export.py); returns its path.
+
+  Input "images" float32 [batch, S, S, 3] pixels as for TFLite
+  (serving.tflite_input), batch dynamic unless batch_size fixes it; the
+  task's outputs by name, detectors' NMS as ONNX NonMaxSuppression. The
+  training config and label map travel in the model's metadata_props
+  (runtimes.CONFIG_KEY, runtimes.LABEL_MAP_KEY).
+
+  Raises:
+    ExportError: export_path exists and overwrite is off, or the graph does
+      not convert (the message names the op).
+  """
+  onnx, _ = _onnx_packages()
+  check_destination(export_path, overwrite)
+  function = serving.onnx_function(task, model, batch_size)
+  model_proto = convert_to_onnx(function, opset)
+  metadata = {runtimes.CONFIG_KEY: gin.config_str()}
+  label_map = task.label_map()
+  if label_map:
+    metadata[runtimes.LABEL_MAP_KEY] = json.dumps(
+        {str(k): v for k, v in sorted(label_map.items())})
+  onnx.helper.set_model_props(model_proto, metadata)
+  data = model_proto.SerializeToString()
+  tmp = f"{export_path}.tmp-{uuid.uuid4().hex}"
+  try:
+    with tf.io.gfile.GFile(tmp, "wb") as f:
+      f.write(data)
+    _move_into_place(tmp, export_path)
+  finally:
+    if tf.io.gfile.exists(tmp):
+      tf.io.gfile.remove(tmp)
+  logging.info("Wrote the ONNX model %s (opset %d, batch %s, %.1f MB).",
+               export_path, opset, batch_size or "any", len(data) / 2**20)
   return export_path

@@ -1,7 +1,11 @@
-r"""Runs an exported SavedModel on images; writes JSON and annotated PNGs.
+r"""Runs an export (SavedModel, .tflite or .onnx) on images; writes JSON and annotated PNGs.
 
-  python -m official.predict --saved_model=EXPORT_DIR --images='photos/*.jpg' \
+  python -m official.predict --model=EXPORT --images='photos/*.jpg' \
     --output_dir=VIS [--score_threshold=0.3] [--max_images=N]
+
+EXPORT is a SavedModel directory, a .tflite file (run by LiteRT) or an .onnx
+file (run by ONNX Runtime), as official.export writes them; --saved_model is
+another name for --model.
 
 --images is one file, a glob pattern, or a directory (its .jpg, .jpeg and .png
 files). For each image, VIS/<stem>.json holds the results and VIS/<stem>.png
@@ -31,6 +35,13 @@ in the signature's graph, or by --input_type). Images run one at a time; a
 signature with a fixed batch size gets the image repeated to fill it, and one
 with a fixed height and width gets it resized (boxes are scaled back).
 
+A .tflite or .onnx export takes float32 pixels of the image already resized
+and padded (official/serving.py, `tflite_input`); the preprocessing is the
+task's, rebuilt from the training config the export carries
+(official/runtimes.py: <stem>.config.gin beside a .tflite file, metadata
+inside an .onnx file), and boxes are mapped back to the image file's pixels.
+The class names come from the label map it carries the same way.
+
 Unreadable images are skipped with a warning and counted at the end; the exit
 status is non-zero when no image could be processed.
 """
@@ -46,8 +57,16 @@ from absl import app
 from absl import flags
 from absl import logging
 
+# First: another top-level `official` (Model Garden's) is named, not an
+# ImportError from deep inside (official/package_check.py).
+from official import package_check  # pylint: disable=g-bad-import-order
+package_check.ensure_ours()
+
 from dataloaders.datasets import encoded_images
+from official import runtimes
+from official import serving
 from official import visualization
+from official.core import gin_config
 
 SIGNATURE = "serving_default"
 INPUT_TYPES = ("image_tensor", "image_bytes", "tf_example")
@@ -58,8 +77,10 @@ DETECTION_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores",
 TOP_K = 5
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("saved_model", None,
-                    "Directory of a SavedModel written by official.export.")
+flags.DEFINE_string("model", None,
+                    "A SavedModel directory, .tflite or .onnx file written by "
+                    "official.export.")
+flags.DEFINE_alias("saved_model", "model")
 flags.DEFINE_string("images", None, "An image file, a glob pattern, or a "
                     "directory (its .jpg, .jpeg and .png files).")
 flags.DEFINE_string("output_dir", None,
@@ -81,7 +102,7 @@ _EXAMPLE_PARSING_OPS = frozenset((
 
 
 class PredictError(Exception):
-  """A bad flag, SavedModel or image set; the message says which and why."""
+  """A bad flag, export or image set; the message says which and why."""
 
 
 class ImageError(Exception):
@@ -117,6 +138,79 @@ class ServingModel:
   image_size: tuple[int, int] | None
   task: str
   class_names: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelModel:
+  """A loaded .tflite or .onnx export (official/runtimes.py).
+
+  Attributes:
+    exported: the runtimes.Exported; calling it runs the model.
+    serving_task: the task rebuilt from the config the export carries; its
+      serving_preprocess turns an image into the export's input.
+    input_key: name of the input ("images").
+    input_type: "pixels" (float32 [batch, S, S, 3], serving.tflite_input).
+    batch_size: the input's fixed batch size, or None when any is accepted.
+    task: "detection" or "classification", from the output names.
+    class_names: dict class id -> name from the label map the export
+      carries ({} if none).
+  """
+  exported: object
+  serving_task: object
+  input_key: str
+  input_type: str
+  batch_size: int | None
+  task: str
+  class_names: dict
+
+
+def _output_task(outputs, where):
+  """"detection" or "classification" from output names; PredictError else."""
+  outputs = set(outputs)
+  if outputs.issuperset(DETECTION_OUTPUTS):
+    return "detection"
+  if outputs & {"probabilities", "logits"} or outputs.issuperset(
+      ("top_k_classes", "top_k_probabilities")):
+    return "classification"
+  raise PredictError(
+      f"{where} returns {sorted(outputs)}; expected detection outputs "
+      f"{list(DETECTION_OUTPUTS)} or classification outputs (probabilities,"
+      f" logits, or top_k_classes and top_k_probabilities).")
+
+
+def load_pixel_model(path):
+  """Loads a .tflite or .onnx export and the preprocessing it needs.
+
+  Raises:
+    PredictError: the file is missing or cannot be loaded, its outputs are
+      not a detector's or a classifier's, or it carries no training config
+      (or one that does not parse).
+  """
+  try:
+    exported = runtimes.load(path)
+  except runtimes.ExportFileError as e:
+    raise PredictError(f"--model={path}: {e}") from e
+  task = _output_task(exported.output_names, path)
+  if not exported.config:
+    where = (f"beside it as {runtimes.sidecar_path(path, runtimes.CONFIG_KEY)}"
+             if exported.format == "tflite" else
+             f"in its metadata_props '{runtimes.CONFIG_KEY}'")
+    raise PredictError(f"{path} carries no training config ({where}); it "
+                       f"gives the image preprocessing. Export it again with "
+                       f"official.export, which writes it.")
+  # Imported here: it registers every task with gin, which SavedModels do
+  # not need.
+  from official import registry  # pylint: disable=g-import-not-at-top
+  try:
+    gin_config.parse_gin([], [exported.config])
+    serving_task = registry.experiment()
+  except Exception as e:  # gin wraps what the config's bindings raise.
+    raise PredictError(f"{path}: the training config it carries does not "
+                       f"build a task ({e}).") from e
+  return PixelModel(exported=exported, serving_task=serving_task,
+                    input_key=runtimes.INPUT_KEY, input_type="pixels",
+                    batch_size=exported.batch_size, task=task,
+                    class_names=exported.label_map)
 
 
 def read_label_map(saved_model_dir):
@@ -186,31 +280,42 @@ def _input_type(spec, function, requested, where):
 
 
 def load_model(saved_model_dir, input_type="auto"):
-  """Loads an export and reads how its serving_default signature is fed.
+  """Loads an export and reads how it is fed.
 
   Args:
-    saved_model_dir: directory written by tf.saved_model.save.
-    input_type: "auto" (from the signature), or one of INPUT_TYPES.
+    saved_model_dir: directory written by tf.saved_model.save, or a .tflite
+      or .onnx file (load_pixel_model).
+    input_type: "auto" (from the signature), or one of INPUT_TYPES
+      (SavedModels only).
   Returns:
-    A ServingModel.
+    A ServingModel, or a PixelModel for a .tflite or .onnx file.
   Raises:
     PredictError: the directory is missing or not a SavedModel, it has no
       serving_default signature, or the signature's input or outputs are
-      not those of a detection or classification export.
+      not those of a detection or classification export; for a .tflite or
+      .onnx file, what load_pixel_model raises, or an input_type other than
+      "auto".
   """
   if input_type not in ("auto", *INPUT_TYPES):
     raise PredictError(f"input_type is {input_type!r}; expected 'auto' or "
                        f"one of {INPUT_TYPES}.")
+  if runtimes.export_format(saved_model_dir):
+    if input_type != "auto":
+      raise PredictError(f"--input_type={input_type} is for SavedModels; "
+                         f"{saved_model_dir} takes float32 pixels "
+                         f"(leave --input_type at auto).")
+    return load_pixel_model(saved_model_dir)
   if not tf.io.gfile.isdir(saved_model_dir):
     what = ("is a file" if tf.io.gfile.exists(saved_model_dir)
             else "does not exist")
-    raise PredictError(f"--saved_model={saved_model_dir} {what}; expected "
-                       f"the directory written by official.export.")
+    raise PredictError(f"--model={saved_model_dir} {what}; expected the "
+                       f"SavedModel directory, .tflite or .onnx file written "
+                       f"by official.export.")
   if not any(tf.io.gfile.exists(os.path.join(saved_model_dir, name))
              for name in ("saved_model.pb", "saved_model.pbtxt")):
     found = sorted(tf.io.gfile.listdir(saved_model_dir))
     raise PredictError(
-        f"--saved_model={saved_model_dir} is not a SavedModel: it has no "
+        f"--model={saved_model_dir} is not a SavedModel: it has no "
         f"saved_model.pb; it holds {found or 'nothing'}.")
   loaded = tf.saved_model.load(saved_model_dir)
   if SIGNATURE not in loaded.signatures:
@@ -231,17 +336,7 @@ def load_model(saved_model_dir, input_type="auto"):
   if resolved_type == "image_tensor" and None not in spec.shape[1:3]:
     image_size = (spec.shape[1], spec.shape[2])
 
-  outputs = set(function.structured_outputs)
-  if outputs.issuperset(DETECTION_OUTPUTS):
-    task = "detection"
-  elif outputs & {"probabilities", "logits"} or outputs.issuperset(
-      ("top_k_classes", "top_k_probabilities")):
-    task = "classification"
-  else:
-    raise PredictError(
-        f"{where} returns {sorted(outputs)}; expected detection outputs "
-        f"{list(DETECTION_OUTPUTS)} or classification outputs (probabilities,"
-        f" logits, or top_k_classes and top_k_probabilities).")
+  task = _output_task(function.structured_outputs, where)
   return ServingModel(
       loaded=loaded, function=function, input_key=input_key,
       input_type=resolved_type, batch_size=spec.shape[0],
@@ -339,15 +434,21 @@ def _model_input(model, data, path, image):
   return batch
 
 
-def _detections(model, outputs, height, width, score_threshold):
-  """Detections of row 0 above the threshold, highest score first."""
+def _detections(model, outputs, height, width, score_threshold,
+                resized_to=None):
+  """Detections of row 0 above the threshold, highest score first.
+
+  resized_to: (height, width) the image was resized to when the boxes are
+  in that image's pixels (scaled back here); None when they are in the
+  image file's pixels.
+  """
   count = int(outputs["num_detections"][0])
   boxes = np.asarray(outputs["detection_boxes"][0][:count], np.float64)
   scores = np.asarray(outputs["detection_scores"][0][:count], np.float64)
   class_ids = np.round(outputs["detection_classes"][0][:count]).astype(int)
-  if model.image_size is not None:  # Boxes are in the resized image.
-    scale_y = height / model.image_size[0]
-    scale_x = width / model.image_size[1]
+  if resized_to is not None:
+    scale_y = height / resized_to[0]
+    scale_x = width / resized_to[1]
     boxes = boxes * np.array([scale_y, scale_x, scale_y, scale_x])
   keep = (class_ids != 0) & (scores >= score_threshold)
   order = np.flatnonzero(keep)[np.argsort(-scores[keep], kind="stable")]
@@ -405,19 +506,47 @@ def predict_image(model, path, score_threshold):
     raise ImageError(f"cannot decode it ({_op_error_text(e)}); expected a "
                      f"JPEG, PNG, GIF or BMP image") from e
   height, width = image.shape[:2]
-  try:
-    outputs = model.function(
-        **{model.input_key: _model_input(model, data, path, image)})
-  except tf.errors.OpError as e:
-    raise ImageError(f"the model failed on it ({_op_error_text(e)})") from e
-  outputs = {key: value.numpy() for key, value in outputs.items()}
+  if isinstance(model, PixelModel):
+    outputs = _run_pixel_model(model, image)
+    resized_to = None  # _run_pixel_model maps boxes back.
+  else:
+    try:
+      outputs = model.function(
+          **{model.input_key: _model_input(model, data, path, image)})
+    except tf.errors.OpError as e:
+      raise ImageError(f"the model failed on it ({_op_error_text(e)})") from e
+    outputs = {key: value.numpy() for key, value in outputs.items()}
+    resized_to = model.image_size
   record = {"image": path, "height": int(height), "width": int(width)}
   if model.task == "detection":
     record["detections"] = _detections(model, outputs, height, width,
-                                       score_threshold)
+                                       score_threshold, resized_to)
   else:
     record["top_k"] = _top_k(model, outputs)
   return image.numpy(), record
+
+
+def _run_pixel_model(model, image):
+  """Outputs of a PixelModel for one uint8 image; boxes in its pixels."""
+  try:
+    pixels, image_info = serving.tflite_input(model.serving_task, image)
+  except tf.errors.OpError as e:
+    raise ImageError(f"its preprocessing failed ({_op_error_text(e)})") from e
+  pixels = pixels.numpy()
+  if model.batch_size is not None and model.batch_size > 1:
+    # Fixed-batch exports: fill the batch with copies; only row 0 is read.
+    pixels = np.repeat(pixels, model.batch_size, axis=0)
+  try:
+    outputs = model.exported(pixels)
+  except Exception as e:  # LiteRT raises RuntimeError, ORT its own types.
+    raise ImageError(f"the model failed on it ({e})") from e
+  if model.task == "detection":
+    # Boxes are in the model input's pixels (serving.tflite_input).
+    from official.tasks.retinanet import original_image_boxes  # pylint: disable=g-import-not-at-top
+    outputs["detection_boxes"] = original_image_boxes(
+        tf.constant(outputs["detection_boxes"][:1]),
+        image_info[None]).numpy()
+  return outputs
 
 
 def draw_record(image, record, class_names):
@@ -514,11 +643,11 @@ def predict(saved_model_dir, images, output_dir, score_threshold=0.3,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
-  for name in ("saved_model", "images", "output_dir"):
+  for name in ("model", "images", "output_dir"):
     if not FLAGS[name].value:
       raise app.UsageError(f"--{name} is required.")
   try:
-    result = predict(FLAGS.saved_model, FLAGS.images, FLAGS.output_dir,
+    result = predict(FLAGS.model, FLAGS.images, FLAGS.output_dir,
                      FLAGS.score_threshold, FLAGS.max_images,
                      FLAGS.input_type)
   except PredictError as e:

@@ -17,7 +17,14 @@ RGB pixels 0..255 of an image already resized so that it fits in S x S
 (long side S for detection), placed at the top-left and padded with
 `TFLITE_PAD_RGB`; normalisation, the model and post-processing run inside.
 Detection boxes are then in those input pixels.
+
+`onnx_function` takes the same pixels with any batch size (or a fixed one),
+and post-processes with tf.image.combined_non_max_suppression, which tf2onnx
+turns into ONNX's NonMaxSuppression (batched, class-aware); the TFLite path's
+per-image NonMaxSuppressionV5 loop needs a static batch.
 """
+
+import contextlib
 
 import tensorflow as tf
 
@@ -114,3 +121,49 @@ def tflite_input(task, image):
   pixels = (model_input * tf.constant(IMAGENET_STDDEV_RGB, tf.float32) +
             tf.constant(IMAGENET_MEAN_RGB, tf.float32))
   return pixels[None], image_info
+
+
+@contextlib.contextmanager
+def _combined_nms(task):
+  """Detectors post-process with the "combined" NMS while this is open.
+
+  modeling/ops/postprocess.py: "combined" is tf.image.combined_non_max_suppression,
+  which tf2onnx maps to ONNX NonMaxSuppression over the whole batch and all
+  classes; "batched" (chosen for XLA / TPU) is a while-loop NMS that would
+  reach ONNX as a Loop, and "tflite" needs a static batch. The three give the
+  same detections (tests/modeling/test_ops.py), so only the graph differs.
+  """
+  args = getattr(task, "postprocess_args", None)
+  if not isinstance(args, dict) or "nms_method" not in args:
+    yield
+    return
+  task.postprocess_args = dict(args, nms_method="combined")
+  try:
+    yield
+  finally:
+    task.postprocess_args = args
+
+
+def onnx_function(task, model, batch_size=None):
+  """A tf.function float32 [batch, S, S, 3] pixels -> the task's outputs.
+
+  The input is the TFLite one (`tflite_input`), but the batch size is
+  dynamic unless batch_size fixes it. The function comes back traced, with
+  the combined NMS (`_combined_nms`); with its input signature fixed, later
+  get_concrete_function calls (tf2onnx's) reuse that trace. Its constants
+  are made inside it: tf2onnx turns tensors captured from outside into
+  extra graph inputs.
+  """
+  size = tuple(model.input_shape[1:3])
+
+  @tf.function(input_signature=[tf.TensorSpec([batch_size, *size, 3],
+                                              tf.float32, INPUT_KEY)])
+  def serve(images):
+    mean = tf.constant(IMAGENET_MEAN_RGB, tf.float32)
+    std = tf.constant(IMAGENET_STDDEV_RGB, tf.float32)
+    return task.serving_outputs(model, (images - mean) / std,
+                                image_info=None)
+
+  with _combined_nms(task):
+    serve.get_concrete_function()
+  return serve

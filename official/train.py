@@ -32,6 +32,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
+# First: another top-level `official` (Model Garden's) is named, not an
+# ImportError from deep inside (official/package_check.py).
+from official import package_check  # pylint: disable=g-bad-import-order
+package_check.ensure_ours()
+
 from official.core import checkpointing
 from official.core import diagnostics
 from official.core import distribute

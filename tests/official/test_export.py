@@ -1,4 +1,4 @@
-"""official.export: SavedModels for each input type, TFLite, mismatch errors.
+"""official.export: SavedModels for each input type, TFLite (run on LiteRT), mismatch errors.
 
 A tiny SpineNet RetinaNet (configs/smoke/retinanet.gin) gets random class
 weights (so that it detects plenty, at spread-out scores) and is saved as a
@@ -21,12 +21,12 @@ import tensorflow as tf
 from official import exporting
 from official import predict
 from official import registry
+from official import runtimes
 from official import serving
 from official.core import checkpointing
 from official.core import gin_config
 from official.evaluation import detection_agreement
 from official.tasks.retinanet import original_image_boxes
-from official.tflite_agreement import run_tflite, tflite_runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -183,14 +183,15 @@ def test_tflite_float32_matches_saved_model_and_predict_draws(run, exports,
   export_dir = exports["image_tensor"]
   tflite = str(tmp_path / "model.tflite")
   exporting.export_tflite(run["task"], run["model"], tflite)
-  runner = tflite_runner(tflite)
+  runner = runtimes.load(tflite)  # LiteRT's interpreter.
+  assert runner.format == "tflite" and runner.input_shape[0] == 1
   serve = tf.saved_model.load(export_dir).signatures["serving_default"]
   checked = 0
   for path in run["images"]:
     image = serving.decode_image(tf.io.read_file(path))
     reference = serve(images=image[None])
     pixels, info = serving.tflite_input(run["task"], image)
-    outputs = run_tflite(runner, pixels)
+    outputs = runner(pixels)
     outputs["detection_boxes"] = original_image_boxes(
         tf.constant(outputs["detection_boxes"]), info[None]).numpy()
     # The best 20: further down, near-equal random scores may swap places.

@@ -338,7 +338,7 @@ def test_unreadable_images_are_skipped_and_counted(exports, tmp_path, caplog):
 
 def test_missing_or_unusable_exports_are_explained(tmp_path):
   with pytest.raises(predict.PredictError,
-                     match=f"--saved_model={tmp_path}/nowhere does not exist"):
+                     match=f"--model={tmp_path}/nowhere does not exist"):
     predict.load_model(str(tmp_path / "nowhere"))
 
   not_export = tmp_path / "not_export"

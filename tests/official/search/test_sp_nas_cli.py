@@ -16,7 +16,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
 PROXY = "--gin_file=configs/search/sp_nas_synthetic_coco.gin"
 
 
-def run(module, *args, timeout=60):
+def run(module, *args, timeout=300):
+  # A bound on a hang, not a speed check: importing TensorFlow alone can take
+  # a minute on a loaded 2-core machine.
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
   return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO,
                         env=env, capture_output=True, text=True,
