@@ -139,6 +139,19 @@ def _move_into_place(tmp, export_dir):
   tf.io.gfile.rename(tmp, export_dir)
 
 
+def _write_file(export_path, data):
+  """Writes bytes to a temporary file beside export_path, then moves it over
+  export_path: a failure or a kill leaves the previous export whole."""
+  tmp = f"{export_path}.tmp-{uuid.uuid4().hex}"
+  try:
+    with tf.io.gfile.GFile(tmp, "wb") as f:
+      f.write(data)
+    _move_into_place(tmp, export_path)
+  finally:
+    if tf.io.gfile.exists(tmp):
+      tf.io.gfile.remove(tmp)
+
+
 def write_saved_model(model, function, path, assets=()):
   """Writes `function` as the serving_default signature of a SavedModel.
 
@@ -249,14 +262,7 @@ def export_tflite(task, model, export_path, quantization="float32",
             debug_options=tf.lite.experimental.QuantizationDebugOptions(
                 denylisted_ops=list(FLOAT_OPS_IN_INT8)))
         flatbuffer = debugger.get_nondebug_quantized_model()
-  tmp = f"{export_path}.tmp-{uuid.uuid4().hex}"
-  try:
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-      f.write(flatbuffer)
-    _move_into_place(tmp, export_path)
-  finally:
-    if tf.io.gfile.exists(tmp):
-      tf.io.gfile.remove(tmp)
+  _write_file(export_path, flatbuffer)
   # Beside the model (a .tflite file has no assets folder): the config, for
   # official.predict's preprocessing, and the label map.
   with tf.io.gfile.GFile(
@@ -399,14 +405,7 @@ def export_onnx(task, model, export_path, batch_size=None, opset=ONNX_OPSET,
         {str(k): v for k, v in sorted(label_map.items())})
   onnx.helper.set_model_props(model_proto, metadata)
   data = model_proto.SerializeToString()
-  tmp = f"{export_path}.tmp-{uuid.uuid4().hex}"
-  try:
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-      f.write(data)
-    _move_into_place(tmp, export_path)
-  finally:
-    if tf.io.gfile.exists(tmp):
-      tf.io.gfile.remove(tmp)
+  _write_file(export_path, data)
   logging.info("Wrote the ONNX model %s (opset %d, batch %s, %.1f MB).",
                export_path, opset, batch_size or "any", len(data) / 2**20)
   return export_path

@@ -77,21 +77,27 @@ from official.tasks.maskrcnn import MaskRCNNTask
 from official.tasks.retinanet import RetinaNetTask
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("source", "model_garden", ["model_garden"],
-                  "Where the checkpoint comes from.")
-flags.DEFINE_string("checkpoint", None, "Checkpoint path prefix.")
-flags.DEFINE_multi_string("gin_file", [], "Gin files building our model.")
-flags.DEFINE_multi_string("gin_param", [], "Gin bindings, after the files.")
-flags.DEFINE_string("output_dir", None, "Where to write ckpt-0 and "
-                    "config.gin; must not hold a checkpoint already.")
-flags.DEFINE_string("check_images", None, "A .npy of float32 images "
-                    "[batch, H, W, 3] (normalised).")
-flags.DEFINE_string("check_outputs", None, "A .npz of Model Garden's outputs "
-                    "on --check_images.")
-flags.DEFINE_float("check_tolerance", 1e-4, "Max abs difference allowed "
-                   "between raw outputs (and between detection scores).")
-flags.DEFINE_float("check_box_tolerance", 1e-3, "Max abs difference of "
-                   "detection boxes, in pixels.")
+
+
+def define_flags():
+  """The command's flags, defined only when it runs as a command: tests and
+  other entry points import this module beside their own --gin_file."""
+  flags.DEFINE_enum("source", "model_garden", ["model_garden"],
+                    "Where the checkpoint comes from.")
+  flags.DEFINE_string("checkpoint", None, "Checkpoint path prefix.")
+  flags.DEFINE_multi_string("gin_file", [], "Gin files building our model.")
+  flags.DEFINE_multi_string("gin_param", [], "Gin bindings, after the files.")
+  flags.DEFINE_string("output_dir", None, "Where to write ckpt-0 and "
+                      "config.gin; must not hold a checkpoint already.")
+  flags.DEFINE_string("check_images", None, "A .npy of float32 images "
+                      "[batch, H, W, 3] (normalised).")
+  flags.DEFINE_string("check_outputs", None, "A .npz of Model Garden's outputs "
+                      "on --check_images.")
+  flags.DEFINE_float("check_tolerance", 1e-4, "Max abs difference allowed "
+                     "between raw outputs (and between detection scores).")
+  flags.DEFINE_float("check_box_tolerance", 1e-3, "Max abs difference of "
+                     "detection boxes, in pixels.")
+
 
 REPORT_FILE = "import_report.json"
 DETECTION_KEYS = ("detection_boxes", "detection_scores", "detection_classes",
@@ -571,4 +577,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
