@@ -187,11 +187,16 @@ def compare_outputs(task, model, images, expected, tolerance,
   if all(k in expected for k in DETECTION_KEYS) and isinstance(outputs, dict):
     result["detections"] = _compare_detections(
         task.detect(outputs), expected, tolerance, box_tolerance, problems)
+  _raise_if_problems(problems)
+  return result
+
+
+def _raise_if_problems(problems):
+  """ImportCheckError listing every output over its tolerance, if any."""
   if problems:
     raise ImportCheckError(
         "The imported model's outputs differ from the expected ones; nothing "
         "was written:\n  " + "\n  ".join(problems))
-  return result
 
 
 def _output_order(name):
@@ -404,10 +409,7 @@ def compare_maskrcnn_outputs(task, model, images, expected, tolerance,
       result["detections"]["max_mask_diff"] = _compare_masks(
           mine, np.asarray(detections["detection_masks"]), expected,
           tolerance, box_tolerance, problems)
-  if problems:
-    raise ImportCheckError(
-        "The imported model's outputs differ from the expected ones; nothing "
-        "was written:\n  " + "\n  ".join(problems))
+  _raise_if_problems(problems)
   return result
 
 

@@ -68,17 +68,11 @@ import json
 import os
 import sys
 
-
-def check_isolated():
-  """Fails unless `official` is Model Garden's, from this environment."""
-  import official  # pylint: disable=g-import-not-at-top
-  where = os.path.realpath(os.path.dirname(official.__file__))
-  prefix = os.path.realpath(sys.prefix)
-  if not where.startswith(prefix + os.sep):
-    raise RuntimeError(
-        f"`official` resolves to {where}, not to Model Garden in {prefix}: "
-        "run this script with the peer venv's python, from outside the "
-        "repository, with PYTHONPATH unset.")
+# The peer's isolation check (scripts/benchmarks/peer_model_garden.py): this
+# script also runs in the peer venv, where `official` must be Model Garden's.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "benchmarks"))
+from peer_model_garden import check_isolated  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def parse_args():

@@ -757,15 +757,8 @@ def map_retinanet(checkpoint, model):
   model_vars = checkpoint.under(model_prefix) if model_prefix else {
       p: v for p, v in checkpoint.variables.items()
       if p.split("/")[0] in {x for x in parts.values() if x}}
-  for var_path, variable in sorted(model_vars.items()):
-    if var_path not in used:
-      pairer.unused([variable], "a part of Model Garden's model outside its "
-                    "backbone, decoder and head")
-  mapping = pairer.finish(sorted(ours), "no variable of the checkpoint "
-                          "corresponds to it")
-  mapping.ignored = len(checkpoint.variables) - len(model_vars)
-  mapping.notes.extend(notes)
-  return mapping
+  return _finish_mapping(pairer, checkpoint, model_vars, used, ours, notes,
+                         "backbone, decoder and head")
 
 
 def _map_backbone(pairer, checkpoint, prefix, backbone, what):
@@ -1150,10 +1143,19 @@ def map_maskrcnn(checkpoint, model):
   model_vars = (checkpoint.under(model_prefix) if model_prefix else {
       p: v for p, v in checkpoint.variables.items()
       if p.split("/")[0] in _MASKRCNN_PARTS})
+  return _finish_mapping(pairer, checkpoint, model_vars, used, ours, notes,
+                         "backbone, decoder, RPN, detection and mask heads")
+
+
+def _finish_mapping(pairer, checkpoint, model_vars, used, ours, notes,
+                    parts):
+  """The Mapping once every part is paired: the model's checkpoint variables
+  no part used are unused (outside `parts`), ours left unpaired are missing,
+  and the checkpoint's other variables (optimizer slots, step) are ignored."""
   for var_path, variable in sorted(model_vars.items()):
     if var_path not in used:
       pairer.unused([variable], "a part of Model Garden's model outside its "
-                    "backbone, decoder, RPN, detection and mask heads")
+                    f"{parts}")
   mapping = pairer.finish(sorted(ours), "no variable of the checkpoint "
                           "corresponds to it")
   mapping.ignored = len(checkpoint.variables) - len(model_vars)
