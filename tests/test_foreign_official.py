@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from official import package_check
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,3 +75,35 @@ def test_foreign_winning_exits_with_both_locations(tmp_path):
   assert os.path.join(merged, "vision") in last
   assert "Traceback" not in result.stderr and "ImportError" not in (
       result.stderr)
+
+
+def _installed_official(cwd):
+  """Where `official` is found from cwd with nothing on PYTHONPATH."""
+  env = dict(os.environ, PYTHONPATH="")
+  return subprocess.run(
+      [sys.executable, "-c", "import importlib.util, os; s = importlib.util."
+       "find_spec('official'); print(os.path.dirname(s.origin) if s and "
+       "s.origin else '')"], cwd=cwd, env=env, capture_output=True,
+      text=True, timeout=120).stdout.strip()
+
+
+def test_foreign_first_on_path_with_ours_installed_editable(tmp_path):
+  # The README's set-up (pip install -e .) beside tf-models-official in
+  # another directory that comes first on sys.path (here PYTHONPATH, as a
+  # site-packages directory would): Model Garden's __init__.py wins, the
+  # editable install's finder still resolves official.train to ours, and it
+  # exits with the message instead of `No module named official.train`.
+  cwd = tmp_path / "elsewhere"
+  cwd.mkdir()
+  if os.path.realpath(_installed_official(str(cwd)) or "/") != (
+      os.path.realpath(OURS)):
+    pytest.skip("this project is not installed into this environment "
+                "(README set-up: pip install -e .)")
+  foreign = write_foreign(str(tmp_path / "site"))
+  result = run_train(str(cwd), [str(tmp_path / "site")])
+  assert result.returncode == 1, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("official: two packages named 'official'"), last
+  assert f"this project's (spinenet-keras) at {OURS}" in last
+  assert f"the package at {foreign} is the one in use" in last
+  assert "Traceback" not in result.stderr
