@@ -20,9 +20,12 @@ ReLU and a hard sigmoid (--gin_param="spinenet_mbconv.se_inner_activation =
 default (the block activation and a sigmoid) they map variable for variable
 but are refused, naming those bindings
 (official/core/model_garden_import.py, SE_DIFFERENCE). SpineNet Mask R-CNNs
-(and Faster R-CNNs) map variable for variable (backbone, RPN, Fast R-CNN
-and mask heads) but are refused: Model Garden's ROI Align samples the
-features another way (ROI_ALIGN_DIFFERENCE there).
+(and Faster R-CNNs: backbone, RPN, Fast R-CNN and mask heads) import when
+our ROI Align is Model Garden's, one sample per bin without the half-cell
+shift (--gin_param="MaskRCNNTask.roi_aligned = False"
+--gin_param="MaskRCNNTask.roi_sampling_ratio = 1"); with our default
+(aligned, 2 x 2 samples) they map variable for variable but are refused,
+naming those bindings (ROI_ALIGN_DIFFERENCE there).
 
 DIR then holds config.gin (the gin files and bindings given here), ckpt-0
 and the `checkpoint` index, the layout of a training run's model directory,
@@ -126,9 +129,10 @@ def map_model(task, model, checkpoint):
     what = "Mask R-CNN" if model.mask_head is not None else "Faster R-CNN"
     return model_garden_import.map_maskrcnn(checkpoint, model), what
   raise model_garden_import.ImportMismatchError(
-      f"Importing Model Garden checkpoints is implemented for RetinaNetTask "
-      f"and ClassificationTask with a SpineNet or SpineNet-MBConv backbone; "
-      f"the config builds a {type(task).__name__}.")
+      f"Importing Model Garden checkpoints is implemented for RetinaNetTask, "
+      f"ClassificationTask and MaskRCNNTask (FasterRCNNTask) with a SpineNet "
+      f"or SpineNet-MBConv backbone; the config builds a "
+      f"{type(task).__name__}.")
 
 
 def flat_outputs(outputs):

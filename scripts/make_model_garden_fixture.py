@@ -11,17 +11,17 @@ tf-models-official==2.20.0`), then:
   cd /tmp && env -u PYTHONPATH /path/to/repo/.venv-peer/bin/python \
     /path/to/repo/scripts/make_model_garden_fixture.py \
     --output_dir=/path/to/repo/tests/fixtures/model_garden/spinenet49_tiny \
-    --image_size=128 --filter_size_scale=0.0625 --resample_alpha=0.25 \
+    --image_size=128 --filter_size_scale=0.03125 --resample_alpha=0.5 \
     --endpoints_num_filters=8 --head_num_convs=1 --head_num_filters=8 \
     --num_classes=8 --batch_size=1
 
 (one of the committed fixtures; tests/fixtures/model_garden/README.md gives
-the others: --backbone=spinenet_mobile, --model=classification; and
---model=maskrcnn, Model Garden's SpineNet Mask R-CNN with the --rpn_*,
---frcnn_* and --mask_* head sizes, none committed: see
-tests/official/test_import_maskrcnn.py). The flags
-are also written to spec.json. For the full-size check, leave the scaling
-flags at their defaults (the model id's own) and pass --image_size=640
+the others: --backbone=spinenet_mobile (with --se_init_scale),
+--model=classification, and --model=maskrcnn, Model Garden's SpineNet Mask
+R-CNN with the --rpn_*, --frcnn_* and --mask_* head sizes,
+--test_num_proposals and --max_num_detections). The flags are also written
+to spec.json. For the full-size check, leave the scaling and head flags at
+their defaults (the model id's own) and pass --image_size=640
 --num_classes=91.
 
 What it builds: Model Garden's RetinaNet (experiment
@@ -40,7 +40,13 @@ Garden's random initialisation, except:
   U(-4, -1), instead of N(0, 1e-5) and the 0.01 prior: with the initial
   values every score is 0.01, below the 0.05 threshold, and there would be
   no detection to compare; with N(0, 0.01) in both separable factors every
-  logit is its bias and the scores tie.
+  logit is its bias and the scores tie;
+- with --se_init_scale=S (SpineNet-Mobile), the squeeze-excitation convs'
+  kernels are N(0, S / sqrt(fan_in)) and their biases N(0, S): under Model
+  Garden's initialisation their pre-activations stay near 0, where its ReLU
+  and hard sigmoid and our default swish and sigmoid nearly agree, and the
+  49XS fixture's outputs told the forms apart by 6e-4 only (2.9e-3 with
+  S = 2).
 
 What it writes into --output_dir:
 - ckpt.index / ckpt.data-*: tf.train.Checkpoint(model=model,
@@ -60,7 +66,9 @@ What it writes into --output_dir:
   its prediction layers and batch norms randomised as randomise_maskrcnn
   says);
 - spec.json: the flags, the versions, and the gin bindings that configure
-  this repository's model the same way.
+  this repository's model the same way (for a Mask R-CNN they include
+  MaskRCNNTask.roi_aligned = False and MaskRCNNTask.roi_sampling_ratio = 1,
+  Model Garden's ROI Align: modeling/ops/roi_align.py).
 """
 
 import argparse
@@ -112,6 +120,18 @@ def parse_args():
   parser.add_argument("--frcnn_fc_dims", type=int, default=1024)
   parser.add_argument("--mask_num_convs", type=int, default=4)
   parser.add_argument("--mask_num_filters", type=int, default=256)
+  parser.add_argument("--test_num_proposals", type=int, default=1000,
+                      help="Proposals kept after the RPN's NMS at inference "
+                      "(Model Garden's roi_generator.test_num_proposals).")
+  parser.add_argument("--max_num_detections", type=int, default=100,
+                      help="Detections kept (detection_generator."
+                      "max_num_detections).")
+  parser.add_argument("--se_init_scale", type=float, default=None,
+                      help="spinenet_mobile only: draw the squeeze-"
+                      "excitation convs' kernels N(0, scale / sqrt(fan_in))"
+                      " and biases N(0, scale) (default: Model Garden's "
+                      "initialisation, under which its ReLU + hard sigmoid "
+                      "and our swish + sigmoid differ by little).")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--images", default=None,
                       help="A .npy of float32 [batch, S, S, 3] images to use "
@@ -232,6 +252,8 @@ def build_maskrcnn(args):
   model_cfg.detection_head.fc_dims = args.frcnn_fc_dims
   model_cfg.mask_head.num_convs = args.mask_num_convs
   model_cfg.mask_head.num_filters = args.mask_num_filters
+  model_cfg.roi_generator.test_num_proposals = args.test_num_proposals
+  model_cfg.detection_generator.max_num_detections = args.max_num_detections
   model_cfg.norm_activation.activation = args.activation
   model_cfg.norm_activation.use_sync_bn = False
   model_cfg.norm_activation.norm_momentum = 0.99
@@ -336,8 +358,26 @@ def _prod(values):
   return result
 
 
-def randomise(model, rng):
-  """Random batch-norm statistics and visible prediction layers (see doc)."""
+def _se_weights(model):
+  """ids of the squeeze-excitation convs' variables (SpineNet-Mobile)."""
+  found = set()
+  backbone = getattr(model, "backbone", None) or model.layers[0]
+  for layer in backbone.layers:
+    se = getattr(layer, "_squeeze_excitation", None)
+    if se is not None:
+      found.update(id(v) for v in se.weights)
+  return found
+
+
+def randomise(model, rng, se_init_scale=None):
+  """Random batch-norm statistics and visible prediction layers (see doc).
+
+  With se_init_scale, also the squeeze-excitation convs (see --se_init_scale):
+  Model Garden's initialisation leaves their pre-activations near 0, where
+  ReLU and swish, hard sigmoid and sigmoid nearly agree, so a fixture could
+  not tell its squeeze-excitation from another.
+  """
+  se_weights = _se_weights(model) if se_init_scale else set()
   if isinstance(getattr(model, "head", None), tf_keras.layers.Layer):
     head = model.head
     predictors = {id(v) for layer in (head._classifier, head._box_regressor)  # pylint: disable=protected-access
@@ -350,6 +390,10 @@ def randomise(model, rng):
     shape = v.shape.as_list()
     if v is class_bias:
       value = rng.uniform(-4.0, -1.0, shape)
+    elif id(v) in se_weights and name == "kernel":
+      value = rng.normal(0.0, se_init_scale / _prod(shape[:-1]) ** 0.5, shape)
+    elif id(v) in se_weights and name == "bias":
+      value = rng.normal(0.0, se_init_scale, shape)
     elif id(v) in predictors and name == "depthwise_kernel":
       # Separable predictors: N(0, 0.01) in both factors would make every
       # logit its bias (all scores tied); 1/3 gives the 3x3 sum unit scale.
@@ -421,11 +465,20 @@ def _maskrcnn_params(args):
           f"MaskRCNNTask.frcnn_num_fcs = {args.frcnn_num_fcs}",
           f"MaskRCNNTask.frcnn_fc_dims = {args.frcnn_fc_dims}",
           f"MaskRCNNTask.mask_num_convs = {args.mask_num_convs}",
-          f"MaskRCNNTask.mask_num_filters = {args.mask_num_filters}"]
+          f"MaskRCNNTask.mask_num_filters = {args.mask_num_filters}",
+          "MaskRCNNTask.test_rpn_post_nms_top_k = "
+          f"{args.test_num_proposals}",
+          f"MaskRCNNTask.max_detections = {args.max_num_detections}",
+          # Model Garden's ROI Align (modeling/ops/roi_align.py).
+          "MaskRCNNTask.roi_aligned = False",
+          "MaskRCNNTask.roi_sampling_ratio = 1"]
 
 
 def main():
   args = parse_args()
+  if args.se_init_scale is not None and args.backbone != "spinenet_mobile":
+    raise ValueError("--se_init_scale applies to --backbone=spinenet_mobile "
+                     f"(its squeeze-excitations), not {args.backbone}.")
   if args.activation is None:
     args.activation = "relu" if args.backbone == "spinenet" else "swish"
   global tf, tf_keras  # pylint: disable=global-variable-undefined
@@ -454,7 +507,7 @@ def main():
     randomise_maskrcnn(model, rng)
   else:
     model(tf.constant(images), training=False)  # Creates the head's weights.
-    randomise(model, rng)
+    randomise(model, rng, args.se_init_scale)
   arrays = {}
   if args.model == "maskrcnn":
     arrays = maskrcnn_outputs(model, images)

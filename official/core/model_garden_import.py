@@ -1028,28 +1028,28 @@ SEPARABLE_PREDICTOR_DIFFERENCE = (
 
 # What Model Garden's ROI Align computes (`tensorflow/models/official/
 # vision/ops/spatial_transform_ops.py`, multilevel_crop_and_resize, with
-# the MultilevelROIAligner's sample_offset 0.5 of maskrcnn_spinenet_coco):
-# one bilinear sample per bin, at the bin's centre, with index = box
-# coordinate / stride (no half-pixel shift) and boxes of any size; ours
-# (modeling/ops/roi_align.py) averages roi_sampling_ratio^2 samples per bin,
-# with aligned=True shifts by half a feature cell, and with aligned=False
-# widens boxes narrower than one cell to one cell. Measured on the
-# scaled-down SpineNet-49 Mask R-CNN (scripts/make_model_garden_fixture.py
-# --model=maskrcnn, 128 px): with ours as built (aligned, 2 x 2 samples)
-# the 7x7 ROI features differ by up to 0.26 and the class logits by 0.4;
-# with aligned=False and one sample, every real proposal's features agree
-# to 1e-6 and only the all-zero padding rows differ. On SpineNet-49 at
-# 640 px as built: class logits 0.21, box deltas 0.080, mask logits 0.080
-# apart and 448 px between detection boxes; with Model Garden's sampling
-# every output within 1e-5 and the detections, classes and masks equal.
+# the MultilevelROIAligner's sample_offset 0.5 of maskrcnn_spinenet_coco,
+# for the 7x7 box features and the 14x14 mask features alike): one bilinear
+# sample per bin, at the bin's centre, with index = box coordinate / stride
+# (no half-pixel shift) and boxes of any size. modeling/ops/roi_align.py
+# computes exactly that with aligned=False and sampling_ratio=1; our default
+# (aligned, 2 x 2 samples per bin) is another function. Measured on the
+# committed scaled-down SpineNet-49 Mask R-CNN (tests/fixtures/model_garden/
+# spinenet49_maskrcnn_tiny, 128 px): with our default, class logits 0.090,
+# box deltas 0.026 and mask logits 0.11 apart and detection boxes 56 px;
+# with ROI_BINDINGS every raw output within 1e-6. SpineNet-49 at 640 px,
+# 91 classes, with ROI_BINDINGS: class logits 6.2e-6, box deltas 1.8e-6,
+# mask logits 1.9e-6, the same 100 detections and classes, boxes within
+# 1.2e-4 px, masks within 4.8e-7.
+ROI_ALIGN_BINDINGS = ("MaskRCNNTask.roi_aligned = False and "
+                      "MaskRCNNTask.roi_sampling_ratio = 1")
 ROI_ALIGN_DIFFERENCE = (
     "Model Garden's ROI Align (multilevel_crop_and_resize, sample_offset "
     "0.5) takes one bilinear sample at each bin's centre, at index = "
-    "coordinate / stride, for boxes of any size; ours (modeling/ops/"
-    "roi_align.py) averages roi_sampling_ratio^2 = {samples} samples per "
-    "bin{aligned}, and with aligned=False widens boxes narrower than one "
-    "feature cell to one cell, so the Fast R-CNN and mask heads see other "
-    "features (MaskRCNNTask does not expose roi_aligned)")
+    "coordinate / stride; ours (modeling/ops/roi_align.py) as configured "
+    "averages roi_sampling_ratio^2 = {samples} samples per bin{aligned}, so "
+    "the Fast R-CNN and mask heads would see other features. Bind "
+    + ROI_ALIGN_BINDINGS + " to build Model Garden's function")
 
 
 def map_maskrcnn(checkpoint, model):
@@ -1064,10 +1064,10 @@ def map_maskrcnn(checkpoint, model):
   FastRCNNHead) and mask_head. Without a mask head (our Faster R-CNN), a
   checkpoint's mask head is listed as unused. A second detection head
   (Cascade R-CNN) and a decoder with variables (FPN) are listed as unused:
-  ours compute neither. ROI Align is recorded in `differences`
-  (ROI_ALIGN_DIFFERENCE), whatever our settings: no configuration of ours
-  samples as Model Garden's does, so the import is refused even when every
-  variable pairs.
+  ours compute neither. Unless our ROI Align is Model Garden's
+  (roi_aligned=False and roi_sampling_ratio=1, ROI_ALIGN_BINDINGS), it is
+  recorded in `differences` (ROI_ALIGN_DIFFERENCE, naming those bindings)
+  and the import is refused even when every variable pairs.
 
   Args:
     checkpoint: a ModelGardenCheckpoint.
@@ -1128,14 +1128,15 @@ def map_maskrcnn(checkpoint, model):
           f"{head.name} <- {found[0] if found else part}",
           SEPARABLE_PREDICTOR_DIFFERENCE))
   config = model.get_config()
-  pairer.mapping.differences.append((
-      f"{model.name} ROI Align (roi_sampling_ratio="
-      f"{config['roi_sampling_ratio']}, roi_aligned={config['roi_aligned']}) "
-      "<- Model Garden's roi_aligner and mask_roi_aligner",
-      ROI_ALIGN_DIFFERENCE.format(
-          samples=config["roi_sampling_ratio"] ** 2,
-          aligned=(", shifted by half a cell (aligned=True)"
-                   if config["roi_aligned"] else ""))))
+  if config["roi_aligned"] or config["roi_sampling_ratio"] != 1:
+    pairer.mapping.differences.append((
+        f"{model.name} ROI Align (roi_sampling_ratio="
+        f"{config['roi_sampling_ratio']}, roi_aligned={config['roi_aligned']})"
+        " <- Model Garden's roi_aligner and mask_roi_aligner",
+        ROI_ALIGN_DIFFERENCE.format(
+            samples=config["roi_sampling_ratio"] ** 2,
+            aligned=(", shifted by half a cell (roi_aligned=True)"
+                     if config["roi_aligned"] else ""))))
   used = set()
   for found in parts.values():
     for prefix in found:

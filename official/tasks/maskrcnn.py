@@ -172,6 +172,12 @@ class MaskRCNNTask(task_lib.DatasetTask):
       (512, 0.25, 0.5, 0.5, 0.0).
     num_mask_samples: ROIs per image trained by the mask head (128).
     roi_sampling_ratio: ROI Align samples per bin and side (2).
+    roi_aligned: ROI Align's convention (modeling/ops/roi_align.py): True,
+      Detectron2's half-cell shift (the default); False, Model Garden's ROI
+      Align (index = pixel / stride, boxes of any size), which with
+      roi_sampling_ratio = 1 is the function Model Garden's Mask R-CNN
+      computes; python -m official.import_checkpoint requires both for its
+      checkpoints.
     pre_nms_top_k, score_threshold, nms_iou_threshold, max_detections,
       nms_method: detections (5000, 0.05, 0.5, 100, "combined").
     rpn_huber_delta, frcnn_huber_delta, rpn_score_weight, rpn_box_weight,
@@ -214,8 +220,8 @@ class MaskRCNNTask(task_lib.DatasetTask):
                num_sampled_rois=512, foreground_fraction=0.25,
                foreground_iou=0.5, background_iou_high=0.5,
                background_iou_low=0.0, num_mask_samples=128,
-               roi_sampling_ratio=2, pre_nms_top_k=5000, score_threshold=0.05,
-               nms_iou_threshold=0.5, max_detections=100,
+               roi_sampling_ratio=2, roi_aligned=True, pre_nms_top_k=5000,
+               score_threshold=0.05, nms_iou_threshold=0.5, max_detections=100,
                nms_method="combined", rpn_huber_delta=1.0 / 9.0,
                frcnn_huber_delta=1.0, rpn_score_weight=1.0,
                rpn_box_weight=1.0, frcnn_class_weight=1.0,
@@ -270,8 +276,8 @@ class MaskRCNNTask(task_lib.DatasetTask):
         background_iou_high=background_iou_high,
         background_iou_low=background_iou_low,
         num_mask_samples=num_mask_samples,
-        roi_sampling_ratio=roi_sampling_ratio, pre_nms_top_k=pre_nms_top_k,
-        score_threshold=score_threshold,
+        roi_sampling_ratio=roi_sampling_ratio, roi_aligned=bool(roi_aligned),
+        pre_nms_top_k=pre_nms_top_k, score_threshold=score_threshold,
         nms_iou_threshold=nms_iou_threshold, max_detections=max_detections,
         nms_method=nms_method)
     self.loss_args = dict(

@@ -4,16 +4,19 @@ The fixtures under tests/fixtures/model_garden were written by
 scripts/make_model_garden_fixture.py in Model Garden's own environment
 (tf-models-official 2.20), at 128 px on one shared N(0, 1) image
 (their README.md gives the commands): spinenet49_tiny, a scaled-down
-SpineNet-49 RetinaNet (filter scale 0.0625, resample alpha 0.25, 8-wide
+SpineNet-49 RetinaNet (filter scale 0.03125, resample alpha 0.5, 8-wide
 endpoints and head, 8 classes); spinenet49_mbconv_tiny, a SpineNet-Mobile
 49XS RetinaNet (filter scale 0.125, 8-wide endpoints and separable head,
-4 classes); spinenet49_classifier_tiny, Model Garden's SpineNet-49
-classifier (filter scale 0.0625, 4 classes). Each holds the checkpoint and
-Model Garden's raw outputs (and detections) on the image.
+4 classes, squeeze-excitation convs drawn large enough that their form
+shows in the outputs); spinenet49_classifier_tiny, Model Garden's
+SpineNet-49 classifier (filter scale 0.03125, 4 classes). Each holds the
+checkpoint and Model Garden's raw outputs (and detections) on the image.
+The Mask R-CNN fixture is tested in tests/official/test_import_maskrcnn.py.
 """
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -135,9 +138,9 @@ def test_a_deeper_config_is_refused_and_nothing_written(tmp_path):
   # Pairs in creation order, so the first surplus block of ours (the stem's
   # second block's repeat) takes the checkpoint's next block, of other
   # widths, and the list names both sides.
-  assert ("stem_block_2_repeat_2/conv_1/conv/kernel [1, 1, 16, 4] <- "
+  assert ("stem_block_2_repeat_2/conv_1/conv/kernel [1, 1, 8, 2] <- "
           "model/_backbone/layer_with_weights-36/_conv1/kernel "
-          "(bottleneck_block_3/conv2d/kernel) [1, 1, 32, 8]") in message
+          "(bottleneck_block_3/conv2d/kernel) [1, 1, 16, 4]") in message
   assert not out.exists()
 
 
@@ -147,7 +150,7 @@ def test_other_widths_are_listed_with_both_names_and_shapes(tmp_path):
     _import(out, "spinenet.filter_size_scale = 0.25", check=False)
   message = str(error.value)
   # Ours [shape] <- Model Garden's object path (its Keras 2 name) [shape].
-  assert ("block_1_resample_1/reduce/bn/beta [4] <- model/_backbone/"
+  assert ("block_1_resample_1/reduce/bn/beta [8] <- model/_backbone/"
           "layer_with_weights-14/beta (batch_normalization_1/beta) [1]"
           ) in message
   assert not out.exists()
@@ -252,26 +255,40 @@ def test_mbconv_is_refused_naming_each_squeeze_excitation(tmp_path):
   assert not out.exists()
 
 
-def test_mbconv_half_of_model_gardens_squeeze_excitation_is_refused():
-  # The gate alone is not enough: the squeeze still applies swish.
+@pytest.mark.parametrize("bindings,form", [
+    ((), "applies the block activation (swish) after se/reduce and gates "
+     "with sigmoid"),
+    # The gate alone is not enough: the squeeze still applies swish.
+    (MODEL_GARDEN_SE[1:], "applies the block activation (swish) after "
+     "se/reduce and gates with hard_sigmoid"),
+    (MODEL_GARDEN_SE[:1], "applies relu after se/reduce and gates with "
+     "sigmoid"),
+])
+def test_mbconv_other_squeeze_excitation_fails_the_output_check(bindings,
+                                                                 form):
+  # The refusal is real: with every variable in place, our default form (and
+  # each half of Model Garden's) gives other outputs. The fixture's
+  # squeeze-excitation convs were drawn with --se_init_scale=2 so that the
+  # forms differ by far more than the 1e-4 tolerance.
   task, model = import_checkpoint.build_model(
-      GIN_FILES, _params(MODEL_GARDEN_SE[1], fixture=MBCONV_FIXTURE))
+      GIN_FILES, _params(*bindings, fixture=MBCONV_FIXTURE))
   checkpoint = model_garden_import.ModelGardenCheckpoint(
       os.path.join(MBCONV_FIXTURE, "ckpt"))
   mapping, _ = import_checkpoint.map_model(task, model, checkpoint)
   assert (len(mapping.pairs), mapping.missing, mapping.unused,
           mapping.mismatched, len(mapping.differences)) == (719, [], [], [],
                                                             18)
-  assert ("applies the block activation (swish) after se/reduce and gates "
-          "with hard_sigmoid") in mapping.differences[0][1]
-  # Every variable in place, but this function is not Model Garden's: the
-  # refusal is real.
+  assert form in mapping.differences[0][1]
   model_garden_import.assign(mapping, checkpoint, progress=False)
   expected = dict(np.load(os.path.join(MBCONV_FIXTURE, "outputs.npz")))
   images = np.load(_images(MBCONV_FIXTURE))
-  ours = import_checkpoint.flat_outputs(model(images, training=False))
-  assert max(float(np.max(np.abs(ours[k] - expected[k]))) for k in ours
-             ) > 1e-4
+  with pytest.raises(import_checkpoint.ImportCheckError) as error:
+    import_checkpoint.compare_outputs(task, model, images, expected, 1e-4,
+                                      1e-3)
+  diffs = re.findall(r"(\w+_outputs/\d): max abs difference (\S+) > 0.0001",
+                     str(error.value))
+  # Measured: 2.9e-3 (swish, sigmoid), 1.6e-3 and 1.4e-3 for the halves.
+  assert diffs and max(float(d) for _, d in diffs) > 1e-3, str(error.value)
 
 
 def test_classifier_pooling_model_gardens_level_imports(tmp_path):
