@@ -422,6 +422,32 @@ class ScalePermutedNetwork:
     return self.stem_cost() + _total(
         [self.block_cost(n.index).total for n in self.nodes if n.is_used])
 
+  def executed_madds(self):
+    """Multiply-adds the built layers execute for one image.
+
+    cost().madds counts the network as SpineNet Sec. 3.2 orders it (and as
+    the papers' FLOPs are counted): an upsampling resampler projects after
+    upsampling. The layers project first wherever the factor is an integer
+    (modeling/layers/resampling.py, project_then_upsample: the same
+    function), so that 1x1 conv runs at the parent's feature size.
+    """
+    saved = 0
+    for node in self.nodes:
+      if not node.is_used:
+        continue
+      for edge in self.inputs(node.index, PARENT):
+        parent = self.nodes[edge.parent]
+        low, high = parent.feature_size, node.feature_size
+        if (parent.level <= node.level or high[0] % low[0] or
+            high[1] % low[1]):
+          continue
+        channels = parent.width
+        if self.family == SPINENET:
+          channels = self.resample_filters(edge)
+        saved += channels * node.in_width * (
+            high[0] * high[1] - low[0] * low[1])
+    return self.cost().madds - saved
+
   def _residual_group_cost(self, node):
     costs = []
     in_width = node.in_width

@@ -6,6 +6,10 @@ bottleneck parents), BN and activation; going down, a 3x3 stride-2 conv + BN +
 activation, then 3x3 stride-2 max-pooling for every further level; going up,
 nearest-neighbour upsampling; finally a 1x1 conv to the target block's input
 width and BN without activation.
+
+Going up by an integer factor, the final 1x1 conv + BN runs before the
+upsampling rather than after it (project_then_upsample): the same function,
+at 1 / factor^2 of that conv's multiply-adds.
 """
 
 import keras
@@ -37,6 +41,41 @@ def nearest_resize(inputs, target_height, target_width):
   resized = tf.image.resize(inputs, [target_height, target_width],
                             method=tf.image.ResizeMethod.NEAREST_NEIGHBOR)
   return tf.cast(resized, inputs.dtype)
+
+
+def integer_upsampling(input_shape, target_size):
+  """Whether [b, h, w, c] -> target_size is nearest upsampling by integer factors."""
+  height, width = input_shape[1], input_shape[2]
+  if height is None or width is None:
+    return False
+  return ((height, width) != tuple(target_size) and
+          target_size[0] % height == 0 and target_size[1] % width == 0)
+
+
+def project_then_upsample(project, inputs, target_size, training=None):
+  """project(nearest_resize(inputs)) computed as nearest_resize(project(inputs)).
+
+  `project` is a 1x1 conv + batch norm (ConvBNAct, no activation). Nearest
+  upsampling by integer factors copies every input pixel exactly
+  factor_h * factor_w times, so the per-pixel 1x1 conv and the per-channel
+  batch norm commute with it: at inference the batch norm is an affine map
+  per channel, and in training its batch mean and (biased) variance over the
+  copies equal those over the originals, so outputs, moving statistics and
+  gradients are the network's, to float rounding
+  (tests/modeling/test_resampling_order.py). The conv then costs 1 /
+  (factor_h * factor_w) of its multiply-adds. Model Garden and the papers'
+  FLOPs counts project after upsampling (SpineNet Sec. 3.2 orders the steps
+  that way; the order does not change the function).
+
+  Args:
+    project: callable(x, training) -> [b, h, w, c_out], per pixel.
+    inputs: [b, h, w, c_in] with static h, w dividing target_size.
+    target_size: (height, width) of the output.
+    training: passed to `project`.
+  Returns:
+    [b, target_height, target_width, c_out].
+  """
+  return nearest_resize(project(inputs, training=training), *target_size)
 
 
 @keras.saving.register_keras_serializable(package="spinenet")
@@ -115,6 +154,9 @@ class SpineNetResample(keras.layers.Layer):
       for _ in range(self.num_max_pools):
         x = tf.nn.max_pool2d(x, ksize=3, strides=2, padding="SAME")
     elif self.target_level < self.input_level:
+      if integer_upsampling(x.shape, self.target_size):
+        return project_then_upsample(self.project, x, self.target_size,
+                                     training)
       x = nearest_resize(x, *self.target_size)
     return self.project(x, training=training)
 
@@ -207,6 +249,9 @@ class MBConvResample(keras.layers.Layer):
     for layer in self.downsample:
       x = layer(x, training=training)
     if self.target_level < self.input_level:
+      if integer_upsampling(x.shape, self.target_size):
+        return project_then_upsample(self.project, x, self.target_size,
+                                     training)
       x = nearest_resize(x, *self.target_size)
     return self.project(x, training=training)
 
