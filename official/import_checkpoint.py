@@ -51,10 +51,15 @@ compare_maskrcnn_outputs says); the max abs difference per output is printed, an
 import fails (writing nothing) when one exceeds --check_tolerance. When the
 .npz also holds Model Garden's post-processed `detection_boxes`,
 `detection_scores`, `detection_classes` and `num_detections`, our
-post-processing must give the same number of detections, the same classes,
-boxes within --check_box_tolerance pixels and scores within
---check_tolerance. scripts/make_model_garden_fixture.py writes such files
-from Model Garden itself.
+post-processing's detections must pair with them one to one: the same
+classes, boxes within --check_box_tolerance pixels and scores within
+--check_tolerance. A detection without a partner passes only when a tie
+at a selection boundary explains it (scores equal within --check_tolerance
+at NMS, at the last kept detection or at the pre-NMS top-k; the two NMS
+implementations break such ties in different orders): _compare_detections
+gives the rules, and the printed summary counts each.
+scripts/make_model_garden_fixture.py writes such files from Model Garden
+itself.
 
 Exit status 0 on success; 1 with "official.import_checkpoint: Error:
 message" as the last line otherwise.
@@ -71,6 +76,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from modeling.ops import postprocess
 from official import registry
 from official.core import checkpointing
 from official.core import gin_config
@@ -163,8 +169,9 @@ def compare_outputs(task, model, images, expected, tolerance,
 
   Returns:
     dict: "max_abs_diff" {output name: float}, and with detections
-    "detections" {"num_detections": [...], "max_box_diff_px": float,
-    "max_score_diff": float, "classes_equal": bool}.
+    "detections" (_compare_detections' dict: "num_detections" [...],
+    "max_box_diff_px", "max_score_diff", "classes_equal", "num_paired",
+    "num_unpaired", "unpaired_explained_by", ...).
 
   Raises:
     ImportCheckError: an output is absent on one side, of another shape, or
@@ -190,9 +197,32 @@ def compare_outputs(task, model, images, expected, tolerance,
   result = {"max_abs_diff": diffs}
   if all(k in expected for k in DETECTION_KEYS) and isinstance(outputs, dict):
     result["detections"] = _compare_detections(
-        task.detect(outputs), expected, tolerance, box_tolerance, problems)
+        task.detect(outputs), expected, tolerance, box_tolerance, problems,
+        task.postprocess_args["nms_iou_threshold"],
+        _retinanet_candidates(task, outputs))
   _raise_if_problems(problems)
   return result
+
+
+def _retinanet_candidates(task, outputs):
+  """Our pre-NMS candidates: the top pre_nms_top_k (anchor, class) pairs.
+
+  Our own post-processing (modeling/ops/postprocess.py) with nothing
+  suppressed (IoU threshold 1, which no IoU exceeds) and every candidate
+  kept, so the decode and clipping are those of the
+  detections. Returns its dict ([B, K]) plus "top_k" (K).
+  """
+  args = dict(task.postprocess_args)
+  # (anchor, class) pairs per image: logits / num_classes * real classes.
+  pairs = sum(int(np.prod(v.shape[1:])) for v in
+              outputs["cls_outputs"].values()) // task.num_classes
+  top_k = min(int(args["pre_nms_top_k"]), pairs * (task.num_classes - 1))
+  args.update(nms_iou_threshold=1.0, max_detections=top_k, score_threshold=0.0,
+              nms_method="combined")
+  candidates = postprocess.multilevel_detections(
+      outputs["cls_outputs"], outputs["box_outputs"], task.anchors,
+      (task.image_size, task.image_size), num_classes=task.num_classes, **args)
+  return dict({k: np.asarray(v) for k, v in candidates.items()}, top_k=top_k)
 
 
 def _raise_if_problems(problems):
@@ -208,72 +238,232 @@ def _output_order(name):
   return (group, int(level) if level.isdigit() else 0, name)
 
 
-def _compare_detections(ours, expected, tolerance, box_tolerance, problems):
+# Why an unpaired detection may still be the same function's output: the
+# rules of _compare_detections, by the name the report counts them under.
+TIE_RULES = {
+    "nms_tie": "NMS ties (a same-class unpaired detection of the other side "
+               "overlaps it with IoU above the NMS threshold, scores within "
+               "{tol:g})",
+    "max_detections": "the last-score boundary (the other side kept its "
+                      "maximum number, the last within {tol:g} of this one)",
+    "pre_nms_top_k": "the pre-NMS top-k boundary (score within {tol:g} of "
+                     "our k-th candidate's)",
+}
+
+
+def _compare_detections(ours, expected, tolerance, box_tolerance, problems,
+                        nms_iou_threshold=None, candidates=None):
   """Detections of both sides, image by image (see compare_outputs).
 
-  Detections pair by rank; where the ranks differ only among scores equal
-  within `tolerance` (the two NMS implementations order ties differently),
-  each of ours pairs with an unpaired one of Model Garden's of the same
-  class, score within tolerance and box within box_tolerance.
+  Raw outputs that agree to `tolerance` still leave scores equal within
+  float rounding, and the selections of post-processing (pre-NMS top-k,
+  greedy NMS, the first max_detections) break such ties in an order each
+  implementation chooses: tf.image.combined_non_max_suppression takes
+  tied boxes in its priority queue's order, Model Garden's v2 generator
+  (per-class top-k, sorted_non_max_suppression_padded) the lower anchor
+  index first, as our nms_method="batched" does. Of a row of overlapping
+  boxes of one score, each side then keeps other members: same network,
+  other detections. So:
+
+  1. Detections pair one to one: same class, score within `tolerance`,
+     box within `box_tolerance` pixels, at the same rank where that one
+     fits (ties reorder ranks). Box and score differences are measured on
+     the pairs.
+  2. An unpaired detection of Model Garden's must be one of our pre-NMS
+     candidates (`candidates`, same class, score and box within the
+     tolerances), i.e. our decode and scores produce it and only the
+     selection differs -- unless its score is within `tolerance` of our
+     k-th candidate's ("pre_nms_top_k").
+  3. An unpaired detection (either side) is accepted when the other side
+     has an unpaired detection of the same class overlapping it with IoU >
+     nms_iou_threshold and a score within `tolerance` ("nms_tie": NMS
+     kept the one and suppressed the other on one side, the reverse on
+     the other), or when the other side holds its maximum number of
+     detections (the arrays' width) and the last of them scores at least
+     this one's score minus `tolerance` ("max_detections").
+
+  Anything else (a different class, a box moved by more than
+  box_tolerance without a tie to explain it, another number of
+  detections left unexplained) is a problem naming the detection.
+
+  Args:
+    ours: {"boxes" [B, D, 4] pixels, "scores" [B, D], "classes" [B, D],
+      "num_detections" [B]} from our post-processing.
+    expected: the .npz's `detection_boxes`, `detection_scores`,
+      `detection_classes`, `num_detections` (widths may differ from D).
+    tolerance: max abs score difference of a pair, and the width of a tie.
+    box_tolerance: max abs box coordinate difference of a pair, pixels.
+    problems: list the problems are appended to.
+    nms_iou_threshold: our NMS IoU threshold; None disables "nms_tie".
+    candidates: our pre-NMS candidates, the same dict layout ([B, K]),
+      plus "top_k" (int, the cut-off); None makes every unpaired detection
+      of Model Garden's a problem.
+
+  Returns:
+    dict: "num_detections" (Model Garden's, per image), "max_box_diff_px"
+    and "max_score_diff" (over the pairs), "classes_equal" (no detection
+    left unexplained), "num_reordered_among_tied_scores", "num_paired",
+    "num_unpaired" {"ours", "expected"}, "unpaired_explained_by"
+    {rule name of TIE_RULES: count}.
   """
-  count = np.asarray(ours["num_detections"])
-  count_expected = np.asarray(expected["num_detections"]).astype(np.int64)
-  box_diff, score_diff, classes_equal, reordered = 0.0, 0.0, True, 0
-  for b in range(len(count_expected)):
-    n = int(count_expected[b])
-    if int(count[b]) != n:
-      problems.append(f"image {b}: {int(count[b])} detections (ours) vs {n} "
-                      "(expected)")
-      continue
-    mine = (np.asarray(ours["classes"])[b, :n].astype(np.int64),
-            np.asarray(ours["scores"])[b, :n].astype(np.float64),
-            np.asarray(ours["boxes"])[b, :n].astype(np.float64))
-    theirs = (np.asarray(expected["detection_classes"])[b, :n].astype(
-        np.int64), np.asarray(expected["detection_scores"])[b, :n].astype(
-            np.float64), np.asarray(expected["detection_boxes"])[b, :n].astype(
-                np.float64))
-    order = _pair_detections(mine, theirs, tolerance, box_tolerance)
-    if order is None:
-      order = np.arange(n)  # Report the rank-by-rank differences.
-      first = np.flatnonzero(mine[0] != theirs[0][order])
-      if first.size:
-        classes_equal = False
-        i = int(first[0])
-        problems.append(f"image {b}: detection {i} has class {mine[0][i]} "
-                        f"(ours) vs {theirs[0][i]} (expected)")
-    reordered += int(np.sum(order != np.arange(n)))
-    if n:
-      box_diff = max(box_diff, float(np.max(np.abs(mine[2] -
-                                                   theirs[2][order]))))
-      score_diff = max(score_diff, float(np.max(np.abs(mine[1] -
-                                                       theirs[1][order]))))
+  sides = []
+  for arrays, keys in ((ours, ("classes", "scores", "boxes",
+                               "num_detections")),
+                       (expected, ("detection_classes", "detection_scores",
+                                   "detection_boxes", "num_detections"))):
+    sides.append(tuple(np.asarray(arrays[k]) for k in keys))
+  box_diff, score_diff, reordered, paired = 0.0, 0.0, 0, 0
+  unpaired = {"ours": 0, "expected": 0}
+  explained = {rule: 0 for rule in TIE_RULES}
+  unexplained = []
+  for b in range(len(sides[1][3])):
+    dets, full = [], []
+    for classes, scores, boxes, count in sides:
+      n = int(count[b])
+      dets.append((classes[b, :n].astype(np.int64),
+                   scores[b, :n].astype(np.float64),
+                   boxes[b, :n].astype(np.float64)))
+      full.append(n == classes.shape[1])
+    order = _match_detections(dets[0], dets[1], tolerance, box_tolerance)
+    mine_paired = np.flatnonzero(order >= 0)
+    if mine_paired.size:
+      j = order[mine_paired]
+      box_diff = max(box_diff, float(np.max(np.abs(
+          dets[0][2][mine_paired] - dets[1][2][j]))))
+      score_diff = max(score_diff, float(np.max(np.abs(
+          dets[0][1][mine_paired] - dets[1][1][j]))))
+    paired += int(mine_paired.size)
+    reordered += int(np.sum(order[mine_paired] != mine_paired))
+    free = [np.flatnonzero(order < 0),
+            np.setdiff1d(np.arange(len(dets[1][0])), order[mine_paired])]
+    unpaired["ours"] += int(free[0].size)
+    unpaired["expected"] += int(free[1].size)
+    for side in (0, 1):
+      other = 1 - side
+      for i in free[side]:
+        cls, score, box = (a[i] for a in dets[side])
+        rule = "candidate"
+        if side == 1:  # Model Garden's: must be a candidate of ours.
+          rule = _candidate_rule(candidates, b, cls, score, box, tolerance,
+                                 box_tolerance)
+        if rule == "candidate":
+          rule = _selection_rule((cls, score, box), dets[other], free[other],
+                                 full[other], tolerance, nms_iou_threshold)
+        if rule:
+          explained[rule] += 1
+        else:
+          unexplained.append(
+              f"image {b}: {('our', 'the expected')[side]} detection {i} "
+              f"(class {cls}, score {score:.7g}, box "
+              f"{np.round(box, 2).tolist()}) has no partner (same class, "
+              f"score within {tolerance:g}, box within {box_tolerance:g} px) "
+              "and no tie at a selection boundary explains it" +
+              ("" if side == 0 or candidates is not None else
+               " (no pre-NMS candidates of ours to check it against)"))
+  if unexplained:
+    problems.append(f"detections: {len(unexplained)} unexplained:\n    " +
+                    "\n    ".join(unexplained[:10]) +
+                    ("\n    ..." if len(unexplained) > 10 else ""))
   if box_diff > box_tolerance:
     problems.append(f"detection boxes: max abs difference {box_diff:.3g} px "
                     f"> {box_tolerance:g}")
   if score_diff > tolerance:
     problems.append(f"detection scores: max abs difference {score_diff:.3g} "
                     f"> {tolerance:g}")
-  return {"num_detections": count_expected.tolist(),
+  return {"num_detections": sides[1][3].astype(np.int64).tolist(),
           "max_box_diff_px": box_diff, "max_score_diff": score_diff,
-          "classes_equal": classes_equal,
-          "num_reordered_among_tied_scores": reordered}
+          "classes_equal": not unexplained,
+          "num_reordered_among_tied_scores": reordered,
+          "num_paired": paired, "num_unpaired": unpaired,
+          "unpaired_explained_by": {k: v for k, v in explained.items() if v}}
+
+
+def detection_summary(result, tolerance):
+  """One line: how many detections paired and why the others may differ."""
+  unpaired = result.get("num_unpaired", {})
+  line = (f"detections paired: {result['num_paired']} "
+          f"({result['num_reordered_among_tied_scores']} out of rank among "
+          f"tied scores)")
+  if not sum(unpaired.values()):
+    return line + "; none unpaired"
+  line += (f"; unpaired: {unpaired['ours']} of ours, {unpaired['expected']} "
+           "of the expected")
+  reasons = [f"{n} at {TIE_RULES[rule].format(tol=tolerance)}"
+             if rule != "nms_tie" else
+             f"{n} by {TIE_RULES[rule].format(tol=tolerance)}"
+             for rule, n in result["unpaired_explained_by"].items()]
+  return line + ("; explained: " + "; ".join(reasons) if reasons else "")
+
+
+def _match_detections(mine, theirs, tolerance, box_tolerance):
+  """Index into theirs for each of mine (-1: none), one to one.
+
+  Same class, score within tolerance, box within box_tolerance; the same
+  rank when that one fits, else the first free fit in rank order.
+  """
+  classes, scores, boxes = theirs
+  free = np.ones(len(classes), bool)
+  order = np.full(len(mine[0]), -1, np.int64)
+  for i, (cls, score, box) in enumerate(zip(*mine)):
+    fits = free & (classes == cls) & (np.abs(scores - score) <= tolerance)
+    if len(boxes):
+      fits &= np.max(np.abs(boxes - box), axis=-1) <= box_tolerance
+    if fits.any():
+      order[i] = i if i < len(fits) and fits[i] else int(
+          np.flatnonzero(fits)[0])
+      free[order[i]] = False
+  return order
 
 
 def _pair_detections(mine, theirs, tolerance, box_tolerance):
   """Index into theirs for each of mine, or None when one has no partner."""
-  classes, scores, boxes = theirs
-  free = np.ones(len(classes), bool)
-  order = []
-  for cls, score, box in zip(*mine):
-    fits = (free & (classes == cls) & (np.abs(scores - score) <= tolerance) &
-            (np.max(np.abs(boxes - box), axis=-1) <= box_tolerance))
-    if not fits.any():
-      return None
-    # The nearest in rank among the fits: the same rank when it fits.
-    j = int(np.flatnonzero(fits)[0]) if not fits[len(order)] else len(order)
-    free[j] = False
-    order.append(j)
-  return np.asarray(order, np.int64)
+  order = _match_detections(mine, theirs, tolerance, box_tolerance)
+  return None if np.any(order < 0) or len(mine[0]) != len(theirs[0]) else order
+
+
+def _candidate_rule(candidates, b, cls, score, box, tolerance, box_tolerance):
+  """"candidate" when (cls, score, box) is one of our pre-NMS candidates of
+  image b; "pre_nms_top_k" when not but its score is within tolerance of
+  the k-th candidate's; None otherwise (or without candidates)."""
+  if candidates is None:
+    return None
+  n = int(np.asarray(candidates["num_detections"])[b])
+  classes = np.asarray(candidates["classes"])[b, :n]
+  scores = np.asarray(candidates["scores"])[b, :n].astype(np.float64)
+  boxes = np.asarray(candidates["boxes"])[b, :n].astype(np.float64)
+  if np.any((classes == cls) & (np.abs(scores - score) <= tolerance) &
+            (np.max(np.abs(boxes - box), axis=-1) <= box_tolerance)):
+    return "candidate"
+  if n == candidates["top_k"] and score <= scores.min() + tolerance:
+    return "pre_nms_top_k"
+  return None
+
+
+def _selection_rule(detection, other, other_free, other_full, tolerance,
+                    nms_iou_threshold):
+  """"nms_tie", "max_detections" or None for an unpaired detection given
+  the other side's detections (classes, scores, boxes), the indices of
+  its unpaired ones and whether it holds its maximum number."""
+  cls, score, box = detection
+  classes, scores, boxes = other
+  if nms_iou_threshold is not None and other_free.size:
+    rivals = other_free[(classes[other_free] == cls) &
+                        (np.abs(scores[other_free] - score) <= tolerance)]
+    if rivals.size and np.any(_iou(boxes[rivals], box) > nms_iou_threshold):
+      return "nms_tie"
+  if other_full and len(scores) and score <= scores.min() + tolerance:
+    return "max_detections"
+  return None
+
+
+def _iou(boxes, box):
+  """IoU of [N, 4] boxes (ymin, xmin, ymax, xmax) with one box."""
+  inter = (np.maximum(np.minimum(boxes[:, 2], box[2]) -
+                      np.maximum(boxes[:, 0], box[0]), 0.0) *
+           np.maximum(np.minimum(boxes[:, 3], box[3]) -
+                      np.maximum(boxes[:, 1], box[1]), 0.0))
+  union = _box_areas(boxes) + _box_areas(box) - inter
+  return np.where(union > 0.0, inter / np.maximum(union, 1e-12), 0.0)
 
 
 # --- Mask R-CNN (and Faster R-CNN) outputs.
@@ -551,6 +741,7 @@ def import_checkpoint(checkpoint_path, gin_files, gin_params, output_dir,
             f"{d['max_box_diff_px']:.3g} px, scores {d['max_score_diff']:.3g}"
             + (f", masks {d['max_mask_diff']:.3g}" if "max_mask_diff" in d
                else ""))
+      print(detection_summary(d, check_tolerance))
     report["check"] = dict(result, images=check_images,
                            outputs=check_outputs, tolerance=check_tolerance,
                            box_tolerance=check_box_tolerance)
