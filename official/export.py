@@ -2,7 +2,8 @@ r"""Exports a trained model as a SavedModel (TF Serving), a TFLite or an ONNX mo
 
   python -m official.export --model_dir=DIR --export_dir=OUT \
     [--checkpoint=CKPT] [--input_type=image_tensor|image_bytes|tf_example] \
-    [--batch_size=N] [--image_size=N] [--gin_param=...] [--overwrite]
+    [--batch_size=N] [--image_size=N] [--gin_param=...] [--overwrite] \
+    [--fold_batch_norms=false]
 
   python -m official.export --model_dir=DIR --export_dir=OUT.tflite \
     --format=tflite [--quantization=float32|float16|int8]
@@ -39,6 +40,17 @@ travel inside, as the model's metadata_props. A graph with an op that does
 not convert fails naming the TensorFlow op and node, and nothing is
 written. official/runtimes.py runs .tflite (LiteRT) and .onnx (ONNX
 Runtime) files.
+
+Batch norms are folded into the convolutions before them
+(official/bn_folding.py; Ioffe & Szegedy, "Batch Normalization", Sec. 3.1:
+at inference a batch norm is a per-channel affine map): the SavedModel's
+weights become constants of its graph, with no FusedBatchNorm op left, and
+its detections equal the unfolded model's to float rounding. The log says
+how many folded and names any batch norm that did not, with the reason.
+--fold_batch_norms=false keeps the weights as variables and the batch
+norms as ops. The ONNX export is converted from the folded graph as well
+(tf2onnx alone leaves some as BatchNormalization nodes); the TFLite
+converter folds batch norms itself, whatever the flag.
 
 The export is written to a temporary path next to OUT and moved into place
 when complete, so a failed export leaves an existing OUT as it was.
@@ -81,6 +93,9 @@ flags.DEFINE_integer("opset", exporting.ONNX_OPSET, "ONNX opset.")
 flags.DEFINE_multi_string("gin_param", [], "Gin bindings parsed after the "
                           "model directory's config.gin.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing export.")
+flags.DEFINE_bool("fold_batch_norms", True, "Fold the batch norms into the "
+                  "convolutions (SavedModel and ONNX; the TFLite converter "
+                  "always folds).")
 
 
 def main(argv):
@@ -96,11 +111,11 @@ def main(argv):
     if FLAGS.format == "saved_model":
       path = exporting.export_saved_model(
           task, model, FLAGS.export_dir, FLAGS.input_type, FLAGS.batch_size,
-          FLAGS.overwrite)
+          FLAGS.overwrite, FLAGS.fold_batch_norms)
     elif FLAGS.format == "onnx":
       path = exporting.export_onnx(task, model, FLAGS.export_dir,
                                    FLAGS.batch_size, FLAGS.opset,
-                                   FLAGS.overwrite)
+                                   FLAGS.overwrite, FLAGS.fold_batch_norms)
     else:
       path = exporting.export_tflite(
           task, model, FLAGS.export_dir, FLAGS.quantization,

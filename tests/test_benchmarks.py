@@ -1,15 +1,20 @@
-"""scripts/benchmarks/benchmark.py: one tiny run, its JSON checked.
+"""scripts/benchmarks/benchmark.py: tiny runs, their JSON checked.
 
 Only the shape of the report and that every figure is a positive number are
 checked; speed never is (docs/design.md, Tests). The script runs in
 a subprocess from a directory outside the repository, as a user would run it
-from anywhere.
+from anywhere. The peer cannot run here (no .venv-peer): what benchmark.py
+asks of it (`peer_serve_spec`) and the ratios are checked on the module,
+imported without its flags.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "scripts", "benchmarks", "benchmark.py")
@@ -76,3 +81,101 @@ def test_an_unavailable_peer_is_reported_not_fatal(tmp_path):
   assert _positive(report["ours"]["forward"]["images_per_sec"])
   assert "unavailable" in report["peer"]["error"]
   assert report["ratio"] == {}
+
+
+def test_serve_mode_times_the_exported_saved_model(tmp_path):
+  # The smoke RetinaNet at its smallest legal size (a multiple of
+  # 2^max_level = 128): export through official.exporting, load, 2 calls.
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  result = subprocess.run(
+      [sys.executable, SCRIPT, f"--gin_file={CONFIG}", "--mode=serve",
+       "--steps=2", "--warmup_steps=1", "--batch_size=1"],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-8000:]
+  report = json.loads(result.stdout)
+
+  assert "serve" in report
+  assert not {"forward", "train", "input"} & set(report)
+  serve = report["serve"]
+  assert "error" not in serve, serve
+  for key in ("latency_ms_p50", "latency_ms_p90", "latency_ms_mean",
+              "images_per_sec", "export_s", "saved_model_mb", "load_s",
+              "first_call_s", "peak_host_memory_mb"):
+    assert _positive(serve[key]), (key, serve)
+  assert (serve["latency_ms_min"] <= serve["latency_ms_p50"] <=
+          serve["latency_ms_p90"] <= serve["latency_ms_max"])
+  # Batch 1: one image per call.
+  assert abs(serve["images_per_sec"] -
+             1000.0 / serve["latency_ms_mean"]) < 0.01 * serve[
+                 "images_per_sec"]
+  assert serve["steps"] == 2 and serve["warmup_steps"] == 1
+  assert serve["input"] == "image_tensor uint8 [1, 128, 128, 3]"
+  assert serve["outputs"] == ["detection_boxes", "detection_classes",
+                              "detection_scores", "num_detections"]
+  assert 0 <= serve["num_detections"] <= 100
+  assert serve["nms"]["nms_method"] == "combined"
+  # The serving export reads no data: the smoke COCO set was not written.
+  assert not (tmp_path / "data").exists()
+
+
+def _benchmark_module():
+  """scripts/benchmarks/benchmark.py imported (its flags stay undefined)."""
+  spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _retinanet_task(**kwargs):
+  from official.tasks import retinanet  # pylint: disable=g-import-not-at-top
+  return retinanet.RetinaNetTask(backbone=None, data=None, image_size=256,
+                                 **kwargs)
+
+
+def test_peer_serve_spec_maps_our_nms_to_model_gardens():
+  benchmark = _benchmark_module()
+  task = _retinanet_task(pre_nms_top_k=1000, score_threshold=0.3,
+                         nms_iou_threshold=0.6, max_detections=50)
+  spec = benchmark.peer_serve_spec(task)
+  assert spec["image_size"] == 256 and spec["batch_size"] == 1
+  assert spec["input_type"] == "image_tensor"
+  assert spec["image_seed"] == benchmark.SERVE_IMAGE_SEED
+  assert spec["detection_generator"] == {
+      "apply_nms": True, "nms_version": "batched", "pre_nms_top_k": 1000,
+      "pre_nms_score_threshold": 0.3, "nms_iou_threshold": 0.6,
+      "max_num_detections": 50}
+  # Model Garden's "batched" ignores pre_nms_top_k: said, with our k.
+  assert any("no pre_nms_top_k" in note and "top 1000" in note
+             for note in spec["differences"]), spec["differences"]
+
+  padded = benchmark.peer_serve_spec(_retinanet_task(nms_method="batched"))
+  assert padded["detection_generator"]["nms_version"] == "v2"
+
+  forced = benchmark.peer_serve_spec(task, nms_version="v2")
+  assert forced["detection_generator"]["nms_version"] == "v2"
+  assert any("--peer_nms_version" in note for note in forced["differences"])
+
+  with pytest.raises(ValueError, match="--peer_nms_version='v9'.*batched"):
+    benchmark.peer_serve_spec(task, nms_version="v9")
+
+
+def test_peer_serve_spec_refuses_tasks_without_a_serving_module():
+  benchmark = _benchmark_module()
+
+  class SegmentationTask:
+    image_size = 128
+
+  with pytest.raises(ValueError, match="no Model Garden serving module for "
+                     "SegmentationTask"):
+    benchmark.peer_serve_spec(SegmentationTask())
+
+
+def test_serve_ratios_are_speedups_above_one_when_ours_is_faster():
+  benchmark = _benchmark_module()
+  ours = {"serve": {"latency_ms_p50": 50.0, "latency_ms_p90": 60.0,
+                    "images_per_sec": 19.0, "saved_model_mb": 100.0}}
+  peer = {"serve": {"latency_ms_p50": 75.0, "latency_ms_p90": 66.0,
+                    "images_per_sec": 12.5, "saved_model_mb": 125.0}}
+  assert benchmark.ratios(ours, peer) == {
+      "serve_speedup_p50": 1.5, "serve_speedup_p90": 1.1,
+      "serve_images_per_sec": 1.52, "serve_saved_model_mb": 0.8}

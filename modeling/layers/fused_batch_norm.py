@@ -24,8 +24,9 @@ computes the same function:
   input to float32 first; the output has the input's dtype.
 
 Everything else falls back to Keras' own call, unchanged: inputs that are
-not 4-D with channels last, synchronized statistics (replica-averaged
-moments are not a fused kernel's), masks, renorm, epsilon below 1.001e-5
+not 4-D with channels last, synchronized statistics in training mode
+(replica-averaged moments are not a fused kernel's; with the moving
+statistics synchronization changes nothing, and the kernel runs), masks, renorm, epsilon below 1.001e-5
 (the smallest epsilon cuDNN's fused kernel accepts; TensorFlow raises
 smaller ones silently, which would change the function), and float64.
 
@@ -54,17 +55,21 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
   Args: those of keras.layers.BatchNormalization.
   """
 
-  def _fused(self, inputs, mask):
+  def _fused(self, inputs, mask, training):
     axis = self.axis if isinstance(self.axis, int) else (
         self.axis[0] if len(self.axis) == 1 else None)
-    return (mask is None and not self.synchronized and not self.renorm and
+    # Synchronization averages the batch moments over replicas; with the
+    # moving statistics (inference, or a frozen layer) it changes nothing.
+    batch_statistics = bool(training) and self.trainable
+    return (mask is None and not (self.synchronized and batch_statistics) and
+            not self.renorm and
             len(inputs.shape) == 4 and axis in (-1, 3) and
             self.epsilon >= MIN_FUSED_EPSILON and
             tf.as_dtype(inputs.dtype) in _FUSED_DTYPES)
 
   def call(self, inputs, training=None, mask=None):
     inputs = tf.convert_to_tensor(inputs)
-    if not self._fused(inputs, mask):
+    if not self._fused(inputs, mask, training):
       return super().call(inputs, training=training, mask=mask)
     channels = inputs.shape[-1]
     gamma = (tf.cast(self.gamma, tf.float32) if self.scale

@@ -1,9 +1,9 @@
-r"""Input, training and inference throughput and peak memory of an experiment.
+r"""Input, training, inference and serving speed and memory of an experiment.
 
   python scripts/benchmarks/benchmark.py \
     --gin_file=configs/experiments/quickstart.gin \
     [--gin_param=...] [--batch_size=8] [--image_size=N] [--steps=10] \
-    [--warmup_steps=2] [--mode=input,train,forward] [--peer]
+    [--warmup_steps=2] [--mode=input,train,forward,serve] [--peer]
 
 Prints one JSON object on stdout; progress and logs go to stderr. Modes:
 
@@ -13,13 +13,23 @@ Prints one JSON object on stdout; progress and logs go to stderr. Modes:
            losses plus the experiment's weight decay, gradients, SGD update.
   input    images/s of `task.build_inputs(training=True)` alone: the task's
            real tf.data pipeline, batches pulled to the host and dropped.
+  serve    latency (p50, p90) and images/s at batch 1 of the exported
+           SavedModel: a freshly built model (random weights) written by
+           official.exporting.export_saved_model (what `python -m
+           official.export` calls; input_type image_tensor, batch 1),
+           loaded back with tf.saved_model.load in this process, its
+           `serving_default` signature called on one fixed uint8
+           [1, S, S, 3] image (S the experiment's image size): the task's
+           serving preprocessing, the model and post-processing (box
+           decoding and NMS for detectors). Not part of the default --mode.
 
 Each mode runs `warmup_steps` steps first (the first one traces and compiles;
-its time is reported as `first_step_s`), then `steps` timed steps, each
-waited for and timed on its own (mean and median). The modes always run in the order forward, train, input, so
-`peak_host_memory_mb` (the process's peak resident memory so far: VmHWM,
-the ru_maxrss of this program alone; see peak_host_memory_mb) of a mode
-includes the modes before it. On a GPU `peak_device_memory_mb` is
+its time is reported as `first_step_s`, `first_call_s` for serve), then
+`steps` timed steps, each waited for and timed on its own (mean and median;
+serve: percentiles). The modes always run in the order forward, train,
+input, serve, so `peak_host_memory_mb` (the process's peak resident memory
+so far: VmHWM, the ru_maxrss of this program alone; see peak_host_memory_mb)
+of a mode includes the modes before it. On a GPU `peak_device_memory_mb` is
 the mode's own peak (the allocator's statistics are reset before each mode).
 
 By default (--synthetic_inputs) forward and train feed fixed random tensors
@@ -33,8 +43,15 @@ task's prepare_data() may first write the synthetic COCO or digits sets.
 2) in its own virtual environment (.venv-peer, created on first use) in a
 subprocess, and prints {"ours": ..., "peer": ..., "ratio": ...}; ratio is
 ours / peer for every number both report (above 1: ours is faster for
-images_per_sec, uses more memory for *_memory_mb). The peer never runs in
-this process: its top-level package is also called `official`.
+images_per_sec, uses more memory for *_memory_mb, writes a larger
+SavedModel for serve_saved_model_mb), except the serve latencies, given as
+speedups: serve_speedup_p50 and serve_speedup_p90 are peer latency / our
+latency, so there too above 1 means ours is faster. The peer's serve mode
+is Model Garden's own export (official.vision.serving: DetectionModule or
+ClassificationModule through export_saved_model_lib), timed the same way;
+NMS settings are mapped from ours (`peer_serve_spec`) and what does not map
+is listed in its "differences". The peer never runs in this process: its
+top-level package is also called `official`.
 """
 
 import contextlib
@@ -66,6 +83,7 @@ import tensorflow as tf
 
 from dataloaders import readers
 from modeling.backbones import spinenet as spinenet_lib
+from official import exporting
 from official import registry
 from official.core import gin_config
 from official.core import optimization
@@ -73,33 +91,53 @@ from official.core import precision as precision_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("gin_file", [], "Experiment gin files, in order.")
-flags.DEFINE_multi_string("gin_param", [], "Gin bindings, applied last.")
-flags.DEFINE_integer("batch_size", 8, "Batch size (one device).")
-flags.DEFINE_integer("image_size", None,
-                     "Override the task's square input size in pixels.")
-flags.DEFINE_integer("steps", 10, "Timed steps (batches) per mode.")
-flags.DEFINE_integer("warmup_steps", 2, "Untimed steps per mode before "
-                     "timing; the first traces and compiles (>= 1).")
-flags.DEFINE_list("mode", ["input", "train", "forward"],
-                  "Modes to run: any of input, train, forward.")
-flags.DEFINE_bool("synthetic_inputs", True,
-                  "train/forward feed fixed random tensors of the dataset's "
-                  "element_spec instead of real batches.")
-flags.DEFINE_enum("precision", "float32", list(precision_lib.POLICIES),
-                  "Keras dtype policy (float16 adds dynamic loss scaling).")
-flags.DEFINE_bool("jit_compile", False, "Compile the steps with XLA.")
-flags.DEFINE_float("learning_rate", 0.01, "Constant SGD learning rate of the "
-                   "timed training steps.")
-flags.DEFINE_bool("peer", False, "Also time Model Garden's equivalent model "
-                  "in its own virtual environment.")
-flags.DEFINE_string("peer_venv", os.path.join(REPO_ROOT, ".venv-peer"),
-                    "The peer's virtual environment (created when missing).")
-flags.DEFINE_string("peer_requirement", "tf-models-official==2.20.0",
-                    "What pip installs into a new peer environment.")
-flags.DEFINE_integer("peer_timeout", 3600, "Seconds the peer run may take.")
 
-MODES = ("forward", "train", "input")  # The order they run in.
+
+def define_flags():
+  """The command's flags, defined only when it runs as a command: tests
+  import this module beside other entry points' --gin_file."""
+  flags.DEFINE_multi_string("gin_file", [], "Experiment gin files, in order.")
+  flags.DEFINE_multi_string("gin_param", [], "Gin bindings, applied last.")
+  flags.DEFINE_integer("batch_size", 8, "Batch size (one device).")
+  flags.DEFINE_integer("image_size", None,
+                       "Override the task's square input size in pixels.")
+  flags.DEFINE_integer("steps", 10, "Timed steps (batches) per mode.")
+  flags.DEFINE_integer("warmup_steps", 2, "Untimed steps per mode before "
+                       "timing; the first traces and compiles (>= 1).")
+  flags.DEFINE_list("mode", ["input", "train", "forward"],
+                    "Modes to run: any of input, train, forward, serve "
+                    "(serve: latency of the exported SavedModel at batch 1).")
+  flags.DEFINE_bool("synthetic_inputs", True,
+                    "train/forward feed fixed random tensors of the "
+                    "dataset's element_spec instead of real batches.")
+  flags.DEFINE_enum("precision", "float32", list(precision_lib.POLICIES),
+                    "Keras dtype policy (float16 adds dynamic loss scaling).")
+  flags.DEFINE_bool("jit_compile", False, "Compile the steps with XLA.")
+  flags.DEFINE_float("learning_rate", 0.01, "Constant SGD learning rate of "
+                     "the timed training steps.")
+  flags.DEFINE_bool("peer", False, "Also time Model Garden's equivalent "
+                    "model in its own virtual environment.")
+  flags.DEFINE_string("peer_venv", os.path.join(REPO_ROOT, ".venv-peer"),
+                      "The peer's virtual environment (created when "
+                      "missing).")
+  flags.DEFINE_string("peer_requirement", "tf-models-official==2.20.0",
+                      "What pip installs into a new peer environment.")
+  flags.DEFINE_integer("peer_timeout", 3600,
+                       "Seconds the peer run may take.")
+  flags.DEFINE_string("peer_nms_version", None, "serve: Model Garden's "
+                      "DetectionGenerator.nms_version for the peer's export "
+                      "(default: the one running our nms_method's algorithm, "
+                      "see NMS_VERSION_OF).")
+
+
+MODES = ("forward", "train", "input", "serve")  # The order they run in.
+# Our nms_method (modeling/ops/postprocess.py) -> the Model Garden
+# DetectionGenerator.nms_version closest to it. "combined" is the same
+# kernel (tf.image.combined_non_max_suppression); "batched" and "tflite"
+# have no identical counterpart and their differences are listed.
+NMS_VERSION_OF = {"combined": "batched", "batched": "v2", "tflite": "v1"}
+PEER_NMS_VERSIONS = ("batched", "v1", "v2", "v3")
+SERVE_IMAGE_SEED = 0  # Passed to the peer, which draws the same image.
 PEER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                            "peer_model_garden.py")
 
@@ -229,6 +267,73 @@ def step_figures(times, batch_size, warmup_steps, first):
           "first_step_s": round(first, 2)}
 
 
+def serve_image(size, seed=SERVE_IMAGE_SEED):
+  """The fixed serving input: uint8 [1, size, size, 3], uniform in 0..255.
+
+  numpy's PCG64 generator, which the peer uses with the same seed, so both
+  sides time the same image.
+  """
+  return np.random.default_rng(seed).integers(
+      0, 256, size=(1, size, size, 3), dtype=np.uint8)
+
+
+def time_calls(call, steps, warmup_steps):
+  """Times `call()` as a server would: every output fetched to the host.
+
+  Args:
+    call: callable() -> nest of tensors (a SavedModel signature).
+    steps: timed calls.
+    warmup_steps: untimed calls first (>= 1; the first traces).
+
+  Returns:
+    (times, first, outputs): the timed calls' wall times in seconds, the
+    first warmup call's, and the last call's outputs as numpy arrays.
+  """
+  def fetch(value):
+    return tf.nest.map_structure(
+        lambda t: t.numpy() if hasattr(t, "numpy") else t, value)
+  start = time.perf_counter()
+  outputs = fetch(call())
+  first = time.perf_counter() - start
+  for _ in range(warmup_steps - 1):
+    fetch(call())
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    outputs = fetch(call())
+    times.append(time.perf_counter() - start)
+  return times, first, outputs
+
+
+def latency_figures(times, warmup_steps, first):
+  """Batch-1 serving figures from per-call times in seconds.
+
+  Returns:
+    dict latency_ms_p50, latency_ms_p90 (numpy's linear-interpolation
+    percentiles), latency_ms_mean, latency_ms_min, latency_ms_max,
+    images_per_sec (calls / total time; one image per call), steps,
+    warmup_steps, first_call_s (the first warmup call: the signature's
+    first execution and one call).
+  """
+  p50, p90 = np.percentile(times, [50, 90])
+  return {"latency_ms_p50": round(1000.0 * float(p50), 2),
+          "latency_ms_p90": round(1000.0 * float(p90), 2),
+          "latency_ms_mean": round(1000.0 * sum(times) / len(times), 2),
+          "latency_ms_min": round(1000.0 * min(times), 2),
+          "latency_ms_max": round(1000.0 * max(times), 2),
+          "images_per_sec": round(len(times) / sum(times), 3),
+          "steps": len(times), "warmup_steps": warmup_steps,
+          "first_call_s": round(first, 2)}
+
+
+def directory_mb(path):
+  """Total size of the files under path, in MiB."""
+  total = 0
+  for root, _, files in os.walk(path):
+    total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+  return total / 2**20
+
+
 # The task's data, real or synthetic.
 
 
@@ -336,6 +441,72 @@ def build_train_step(task, model, optimizer, batch_size, weight_decay):
   return train_step
 
 
+def _export_task(task):
+  """The task as exporting sees it, its data a placeholder (nothing read).
+
+  export_saved_model reads the task's data dict only for the label map
+  (assets/label_map.json), which nothing in the timed call uses; an
+  experiment whose record patterns are unset (configs/datasets/coco.gin)
+  could not even build that dict.
+  """
+  if not hasattr(task, "data_fn"):
+    return task
+  probe = copy.copy(task)
+  probe.data_fn = lambda: _placeholder_data(task)
+  if hasattr(probe, "_data"):
+    probe._data = None  # pylint: disable=protected-access
+  return probe
+
+
+def run_serve(task):
+  """Exports a freshly built model and times its serving signature.
+
+  The model is built anew (random weights as initialised) so that the train
+  mode's updates do not change what is served; the peer does the same. The
+  SavedModel is written by official.exporting.export_saved_model, the
+  function `python -m official.export` calls, so whatever that export does
+  (batch-norm folding included) is what is timed.
+
+  Returns:
+    dict: latency_figures plus export_s (export_saved_model's wall time),
+    saved_model_mb (MiB on disk, assets included), load_s
+    (tf.saved_model.load), input, outputs (names), num_detections
+    (detectors: of the timed image) and nms (detectors: our
+    post-processing settings).
+  """
+  size = task.image_size
+  model = task.build_model()
+  figures = {}
+  with tempfile.TemporaryDirectory(prefix="benchmark-serve-") as scratch:
+    path = os.path.join(scratch, "saved_model")
+    start = time.perf_counter()
+    exporting.export_saved_model(_export_task(task), model, path,
+                                 input_type="image_tensor", batch_size=1)
+    export_s = time.perf_counter() - start
+    saved_model_mb = directory_mb(path)
+    start = time.perf_counter()
+    loaded = tf.saved_model.load(path)
+    load_s = time.perf_counter() - start
+    signature = loaded.signatures["serving_default"]
+    (key,) = signature.structured_input_signature[1]
+    image = tf.constant(serve_image(size))
+    times, first, outputs = time_calls(
+        lambda: signature(**{key: image}), FLAGS.steps, FLAGS.warmup_steps)
+    figures.update(latency_figures(times, FLAGS.warmup_steps, first))
+    figures.update(export_s=round(export_s, 2),
+                   saved_model_mb=round(saved_model_mb, 2),
+                   load_s=round(load_s, 2),
+                   input=f"image_tensor uint8 [1, {size}, {size}, 3]",
+                   outputs=sorted(outputs))
+    if "num_detections" in outputs:
+      figures["num_detections"] = int(np.sum(outputs["num_detections"]))
+    if isinstance(getattr(task, "postprocess_args", None), dict):
+      figures["nms"] = dict(task.postprocess_args)
+    del loaded, signature
+  del model
+  return figures
+
+
 def run_ours(task, modes, batch_size):
   """Times our model; returns the result dict (without peer)."""
   result = {}
@@ -414,6 +585,18 @@ def run_ours(task, modes, batch_size):
       failed = True
       result["input"] = {"error": f"{type(e).__name__}: {e}"}
     log("input: %s", result["input"])
+
+  if "serve" in modes:
+    log("serve: exporting a SavedModel (image_tensor, batch 1, %d px), then "
+        "%d warmup + %d timed calls.", task.image_size, FLAGS.warmup_steps,
+        FLAGS.steps)
+    _reset_device_memory()
+    try:
+      result["serve"] = _memory(run_serve(task))
+    except Exception as e:  # pylint: disable=broad-except
+      failed = True
+      result["serve"] = {"error": f"{type(e).__name__}: {e}"}
+    log("serve: %s", result["serve"])
   return result, model, failed
 
 
@@ -429,7 +612,7 @@ def peer_spec(task, model, batch_size, result):
       "steps": FLAGS.steps, "warmup_steps": FLAGS.warmup_steps,
       "batch_size": batch_size, "image_size": task.image_size,
       "precision": FLAGS.precision, "jit_compile": FLAGS.jit_compile,
-      "modes": [m for m in ("forward", "train") if m in result],
+      "modes": [m for m in ("forward", "train", "serve") if m in result],
       "num_classes": task.num_classes,
       "model_id": str(model_id) if model_id is not None else None,
       "backbone": {k: config[k] for k in (
@@ -459,6 +642,96 @@ def peer_spec(task, model, batch_size, result):
                 dropout_rate=task.dropout_rate, head_levels=task.head_levels)
   else:
     return {"error": f"No Model Garden peer for {name}."}
+  if "serve" in result:
+    try:
+      spec["serve"] = peer_serve_spec(task, FLAGS.peer_nms_version)
+    except ValueError as e:
+      return {"error": str(e)}
+  return spec
+
+
+def peer_serve_spec(task, nms_version=None):
+  """What Model Garden's export must set to serve as ours does.
+
+  Both exports take image_tensor uint8 [1, S, S, 3]. For a RetinaNet the
+  task's post-processing settings become Model Garden's DetectionGenerator
+  fields; our nms_method picks the nms_version (NMS_VERSION_OF) unless
+  nms_version is given.
+
+  Args:
+    task: our RetinaNetTask or ClassificationTask (its class name decides).
+    nms_version: Model Garden's nms_version to use instead of the mapped
+      one (one of PEER_NMS_VERSIONS), or None.
+
+  Returns:
+    dict image_size, batch_size (1), input_type ("image_tensor"),
+    image_seed (of serve_image, so both sides time the same image),
+    detection_generator (RetinaNet: Model Garden's field names and values;
+    None for a classifier) and differences (sentences: what does not map).
+
+  Raises:
+    ValueError: nms_version is not one of PEER_NMS_VERSIONS, our nms_method
+      is unknown, or the task has no Model Garden serving module here.
+  """
+  name = type(task).__name__
+  spec = {"image_size": task.image_size, "batch_size": 1,
+          "input_type": "image_tensor", "image_seed": SERVE_IMAGE_SEED,
+          "detection_generator": None, "differences": []}
+  notes = spec["differences"]
+  if name == "ClassificationTask":
+    notes.append("Model Garden's ClassificationModule returns logits and "
+                 "probs; ours also returns the top-5 classes and "
+                 "probabilities (official/tasks/classification.py, "
+                 "serving_outputs).")
+    return spec
+  if name != "RetinaNetTask":
+    raise ValueError(f"serve: no Model Garden serving module for {name} "
+                     f"here (RetinaNetTask and ClassificationTask only).")
+  args = task.postprocess_args
+  method = args["nms_method"]
+  if method not in NMS_VERSION_OF:
+    raise ValueError(f"serve: RetinaNetTask.nms_method={method!r} has no "
+                     f"Model Garden counterpart; expected one of "
+                     f"{sorted(NMS_VERSION_OF)}.")
+  if nms_version is not None and nms_version not in PEER_NMS_VERSIONS:
+    raise ValueError(f"--peer_nms_version={nms_version!r}: expected one of "
+                     f"{', '.join(PEER_NMS_VERSIONS)}.")
+  version = nms_version or NMS_VERSION_OF[method]
+  k = args["pre_nms_top_k"]
+  spec["detection_generator"] = {
+      "apply_nms": True, "nms_version": version, "pre_nms_top_k": k,
+      "pre_nms_score_threshold": args["score_threshold"],
+      "nms_iou_threshold": args["nms_iou_threshold"],
+      "max_num_detections": args["max_detections"]}
+  ours = (f"ours ({method}) keeps the top {k} (anchor, class) pairs over "
+          f"all levels and classes and decodes only their boxes "
+          f"(modeling/ops/postprocess.py)")
+  if nms_version is not None and nms_version != NMS_VERSION_OF[method]:
+    notes.append(f"nms_version {version!r} set by --peer_nms_version; the "
+                 f"one matching our {method!r} NMS is "
+                 f"{NMS_VERSION_OF[method]!r}.")
+  if version == "batched":
+    notes.append(f"Model Garden's 'batched' NMS is the kernel of our "
+                 f"'combined' (tf.image.combined_non_max_suppression) but "
+                 f"takes no pre_nms_top_k: it decodes every anchor's box "
+                 f"and runs over every (anchor, class) score above "
+                 f"pre_nms_score_threshold; {ours}.")
+  elif version == "v1":
+    notes.append(f"Model Garden's 'v1' NMS keeps the top pre_nms_top_k "
+                 f"anchors per class and runs one "
+                 f"tf.image.non_max_suppression_padded per class and image "
+                 f"on all decoded boxes; {ours}, then one class-shifted NMS "
+                 f"per image.")
+  elif version == "v2":
+    notes.append(f"Model Garden's 'v2' NMS keeps the top pre_nms_top_k "
+                 f"anchors per class and runs one padded NMS per class on "
+                 f"all decoded boxes; {ours}, then one class-shifted NMS.")
+  else:
+    notes.append(f"Model Garden's 'v3' NMS (edge-TPU friendly, refined "
+                 f"per class) has no counterpart here; {ours}.")
+  notes.append("Model Garden's detection signature also returns "
+               "image_info; ours returns the boxes already mapped to the "
+               "original image.")
   return spec
 
 
@@ -544,6 +817,18 @@ def ratios(ours, peer):
                 "peak_host_memory_mb", "peak_device_memory_mb"):
       if isinstance(a.get(key), (int, float)) and b.get(key):
         out[f"{mode}_{key}"] = round(a[key] / b[key], 3)
+  a, b = ours.get("serve") or {}, peer.get("serve") or {}
+  # Latencies as speedups (peer / ours): above 1 is ours faster, as for
+  # images_per_sec.
+  for key in ("p50", "p90"):
+    if a.get(f"latency_ms_{key}") and isinstance(
+        b.get(f"latency_ms_{key}"), (int, float)):
+      out[f"serve_speedup_{key}"] = round(
+          b[f"latency_ms_{key}"] / a[f"latency_ms_{key}"], 3)
+  for key in ("images_per_sec", "saved_model_mb", "peak_host_memory_mb",
+              "peak_device_memory_mb"):
+    if isinstance(a.get(key), (int, float)) and b.get(key):
+      out[f"serve_{key}"] = round(a[key] / b[key], 3)
   return out
 
 
@@ -580,6 +865,9 @@ def main(argv):
   for name in ("batch_size", "steps", "warmup_steps"):
     if getattr(FLAGS, name) < 1:
       raise app.UsageError(f"--{name} must be >= 1.")
+  if FLAGS.peer_nms_version not in (None, *PEER_NMS_VERSIONS):
+    raise app.UsageError(f"--peer_nms_version={FLAGS.peer_nms_version!r}: "
+                         f"expected one of {', '.join(PEER_NMS_VERSIONS)}.")
 
   # Whatever the libraries or the data converters print, stdout is the JSON.
   json_out = os.fdopen(os.dup(1), "w")
@@ -620,5 +908,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   logging.set_stderrthreshold("warning")
   app.run(main)

@@ -21,6 +21,17 @@ a tf.function, on synthetic tensors shaped like Model Garden's input
 pipeline's. Forward is backbone -> decoder -> head with training=False (raw
 outputs, like ours; no box decoding or NMS).
 
+Serve (spec["modes"] has "serve"; spec["serve"] from benchmark.py's
+`peer_serve_spec`): a freshly built model of the same network, its
+DetectionGenerator set from spec["serve"]["detection_generator"], exported
+by Model Garden's own path, official.vision.serving.export_saved_model_lib
+.export_inference_graph with a DetectionModule (RetinaNet) or
+ClassificationModule (classifier) around it, input image_tensor, batch 1,
+no checkpoint (random weights, as ours); then loaded with
+tf.saved_model.load and its `serving_default` signature timed on the same
+fixed uint8 image as ours (`serve_image`), every output fetched, with
+benchmark.py's figures (`latency_figures`).
+
 Prints one JSON line on stdout; progress on stderr.
 """
 
@@ -31,6 +42,7 @@ import platform
 import resource
 import statistics
 import sys
+import tempfile
 import time
 
 
@@ -125,6 +137,53 @@ def time_steps(step, args, batch_size, steps, warmup_steps):
           "first_step_s": round(first, 2)}
 
 
+def serve_image(size, seed):
+  """benchmark.py's serve_image: uint8 [1, size, size, 3] from PCG64(seed)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return np.random.default_rng(seed).integers(
+      0, 256, size=(1, size, size, 3), dtype=np.uint8)
+
+
+def time_calls(call, steps, warmup_steps):
+  """benchmark.py's time_calls: (times, first, last outputs as numpy)."""
+  def fetch(value):
+    return tf.nest.map_structure(
+        lambda t: t.numpy() if hasattr(t, "numpy") else t, value)
+  start = time.perf_counter()
+  outputs = fetch(call())
+  first = time.perf_counter() - start
+  for _ in range(warmup_steps - 1):
+    fetch(call())
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    outputs = fetch(call())
+    times.append(time.perf_counter() - start)
+  return times, first, outputs
+
+
+def latency_figures(times, warmup_steps, first):
+  """benchmark.py's latency_figures (the same keys and percentiles)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  p50, p90 = np.percentile(times, [50, 90])
+  return {"latency_ms_p50": round(1000.0 * float(p50), 2),
+          "latency_ms_p90": round(1000.0 * float(p90), 2),
+          "latency_ms_mean": round(1000.0 * sum(times) / len(times), 2),
+          "latency_ms_min": round(1000.0 * min(times), 2),
+          "latency_ms_max": round(1000.0 * max(times), 2),
+          "images_per_sec": round(len(times) / sum(times), 3),
+          "steps": len(times), "warmup_steps": warmup_steps,
+          "first_call_s": round(first, 2)}
+
+
+def directory_mb(path):
+  """Total size of the files under path, in MiB (benchmark.py's)."""
+  total = 0
+  for root, _, files in os.walk(path):
+    total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+  return total / 2**20
+
+
 def memory(result):
   result["peak_host_memory_mb"] = round(peak_host_memory_mb(), 1)
   if tf.config.list_physical_devices("GPU"):
@@ -192,7 +251,7 @@ def optimizer_config(spec):
 
 
 def retinanet(spec, batch_size):
-  """(task, model, forward_fn, features, labels) for a RetinaNet."""
+  """(config, task, model, forward_fn, labels) for a RetinaNet."""
   from official.core import exp_factory  # pylint: disable=g-import-not-at-top
   from official.core import task_factory  # pylint: disable=g-import-not-at-top
   from official.vision.modeling import factory  # pylint: disable=g-import-not-at-top
@@ -215,6 +274,10 @@ def retinanet(spec, batch_size):
   model_cfg.head.num_convs = spec["head_num_convs"]
   model_cfg.head.num_filters = spec["head_num_filters"]
   model_cfg.head.use_separable_conv = spec["head_use_separable_conv"]
+  # Serving only: forward and train never reach the detection generator.
+  for key, value in ((spec.get("serve") or {}).get("detection_generator")
+                     or {}).items():
+    setattr(model_cfg.detection_generator, key, value)
   model_cfg.norm_activation.activation = b["activation"]
   model_cfg.norm_activation.use_sync_bn = b["use_sync_bn"]
   model_cfg.norm_activation.norm_momentum = b["norm_momentum"]
@@ -264,11 +327,11 @@ def retinanet(spec, batch_size):
     if model.decoder is not None:
       features = model.decoder(features, training=False)
     return model.head(features, training=False)
-  return task, model, forward, labels
+  return config, task, model, forward, labels
 
 
 def classification(spec, batch_size):
-  """(task, model, forward_fn, features, labels) for a classifier."""
+  """(config, task, model, forward_fn, labels) for a classifier."""
   from official.core import exp_factory  # pylint: disable=g-import-not-at-top
   from official.core import task_factory  # pylint: disable=g-import-not-at-top
   from official.vision.configs import backbones  # pylint: disable=g-import-not-at-top
@@ -302,7 +365,61 @@ def classification(spec, batch_size):
       backbone=build_backbone(spec, input_specs, l2))
   labels = tf.zeros([batch_size], tf.int32)
   forward = lambda images: model(images, training=False)
-  return task, model, forward, labels
+  return config, task, model, forward, labels
+
+
+def serve(spec, build):
+  """Exports a fresh model with Model Garden's exporter and times it.
+
+  Returns:
+    dict: latency_figures plus export_s, saved_model_mb (MiB on disk,
+    params.yaml included), load_s, input, outputs (names), num_detections
+    (detectors: of the timed image), detection_generator (detectors: its
+    configured fields) and module (the export module's class).
+  """
+  from official.vision.serving import detection  # pylint: disable=g-import-not-at-top
+  from official.vision.serving import export_saved_model_lib  # pylint: disable=g-import-not-at-top
+  from official.vision.serving import image_classification  # pylint: disable=g-import-not-at-top
+  size = spec["image_size"]
+  config, _, model, _, _ = build[spec["task"]](spec, 1)
+  module_class = {"retinanet": detection.DetectionModule,
+                  "classification": image_classification.ClassificationModule
+                  }[spec["task"]]
+  module = module_class(params=config, batch_size=1,
+                        input_image_size=[size, size],
+                        input_type="image_tensor", model=model)
+  figures = {"module": module_class.__name__}
+  with tempfile.TemporaryDirectory(prefix="peer-serve-") as scratch:
+    path = os.path.join(scratch, "export")
+    start = time.perf_counter()
+    export_saved_model_lib.export_inference_graph(
+        input_type="image_tensor", batch_size=1,
+        input_image_size=[size, size], params=config, checkpoint_path=None,
+        export_dir=path, export_module=module)
+    export_s = time.perf_counter() - start
+    saved_model_mb = directory_mb(path)
+    start = time.perf_counter()
+    loaded = tf.saved_model.load(path)
+    load_s = time.perf_counter() - start
+    signature = loaded.signatures["serving_default"]
+    (key,) = signature.structured_input_signature[1]
+    image = tf.constant(serve_image(size, spec["serve"]["image_seed"]))
+    times, first, outputs = time_calls(
+        lambda: signature(**{key: image}), spec["steps"],
+        spec["warmup_steps"])
+    figures.update(latency_figures(times, spec["warmup_steps"], first))
+    figures.update(export_s=round(export_s, 2),
+                   saved_model_mb=round(saved_model_mb, 2),
+                   load_s=round(load_s, 2),
+                   input=f"image_tensor uint8 [1, {size}, {size}, 3]",
+                   outputs=sorted(outputs))
+    if "num_detections" in outputs:
+      figures["num_detections"] = int(outputs["num_detections"].sum())
+    if spec["task"] == "retinanet":
+      figures["detection_generator"] = (
+          config.task.model.detection_generator.as_dict())
+    del loaded, signature
+  return figures
 
 
 def run(spec):
@@ -325,9 +442,11 @@ def run(spec):
        "mixed_bfloat16": "bfloat16"}[spec["precision"]])
   batch_size = spec["batch_size"]
   build = {"retinanet": retinanet, "classification": classification}
-  task, model, forward, labels = build[spec["task"]](spec, batch_size)
+  _, task, model, forward, labels = build[spec["task"]](spec, batch_size)
   result["model"] = f"Model Garden {type(model).__name__} + SpineNet"
   notes = differences(spec)
+  if "serve" in spec["modes"]:
+    notes += spec["serve"]["differences"]
   if notes:
     result["differences"] = notes
   images = tf.random.uniform([batch_size, spec["image_size"],
@@ -365,9 +484,17 @@ def run(spec):
         spec["warmup_steps"]))
     log("train: %s", result["train"])
 
+  if "serve" in spec["modes"]:
+    log("serve: exporting with Model Garden (image_tensor, batch 1, %d px), "
+        "then %d warmup + %d timed calls.", spec["image_size"],
+        spec["warmup_steps"], spec["steps"])
+    reset_device_memory()
+    result["serve"] = memory(serve(spec, build))
+    log("serve: %s", result["serve"])
+
   # Model Garden's RetinaNetModel is subclassed, and with an identity decoder
   # its head is built only when first called: count the weights now.
-  if not spec["modes"]:
+  if not {"forward", "train"} & set(spec["modes"]):
     forward(images)
   result["params"] = sum(v.shape.num_elements() for v in model.weights)
   result["trainable_params"] = sum(

@@ -51,7 +51,7 @@ def test_outputs_gradients_and_moving_statistics_equal_keras(policy, training):
   x = _inputs(ref.compute_dtype)
   # The fused kernel computes this case (else the comparison is Keras' own
   # call against itself).
-  assert fused._fused(x, None)  # pylint: disable=protected-access
+  assert fused._fused(x, None, True)  # pylint: disable=protected-access
   upstream = tf.random.stateless_normal([4, 5, 6, 3], [3, 4])
   results = []
   for layer in (ref, fused):
@@ -118,7 +118,24 @@ def test_falls_back_to_keras_where_the_kernel_differs(kwargs, shape):
   np.testing.assert_allclose(fused.moving_variance.numpy(),
                              ref.moving_variance.numpy(), rtol=1e-6)
   if len(shape) == 4:
-    assert not fused._fused(x, None)  # pylint: disable=protected-access
+    assert not fused._fused(x, None, True)  # pylint: disable=protected-access
+
+
+def test_synchronized_inference_runs_the_kernel():
+  # With the moving statistics synchronization changes nothing: the kernel
+  # runs (and an export folds it), with Keras' outputs.
+  ref = keras.layers.BatchNormalization(synchronized=True)
+  fused = FusedBatchNormalization(synchronized=True)
+  x = tf.random.stateless_normal((4, 5, 6, 3), [7, 8]) * 2.0
+  ref(x, training=True)
+  fused(x, training=True)
+  assert fused._fused(x, None, False)  # pylint: disable=protected-access
+  assert not fused._fused(x, None, True)  # pylint: disable=protected-access
+  np.testing.assert_allclose(fused(x, training=False), ref(x, training=False),
+                             atol=1e-5)
+  graph = tf.function(lambda t: fused(t, training=False)).get_concrete_function(
+      tf.TensorSpec(x.shape)).graph
+  assert "FusedBatchNormV3" in {op.type for op in graph.get_operations()}
 
 
 def test_the_project_factory_builds_the_fused_layer():
