@@ -24,9 +24,10 @@ computes the same function:
   input to float32 first; the output has the input's dtype.
 
 Everything else falls back to Keras' own call, unchanged: inputs that are
-not 4-D with channels last, synchronized statistics in training mode
-(replica-averaged moments are not a fused kernel's; with the moving
-statistics synchronization changes nothing, and the kernel runs), masks, renorm, epsilon below 1.001e-5
+not 4-D with channels last, synchronized statistics in training mode over
+more than one replica (replica-averaged moments are not a fused kernel's;
+with one replica in sync, or with the moving statistics, synchronization
+changes nothing, and the kernel runs), masks, renorm, epsilon below 1.001e-5
 (the smallest epsilon cuDNN's fused kernel accepts; TensorFlow raises
 smaller ones silently, which would change the function), and float64.
 
@@ -44,6 +45,14 @@ MIN_FUSED_EPSILON = 1.001e-5
 _FUSED_DTYPES = (tf.float32, tf.float16, tf.bfloat16)
 
 
+def replicas_in_sync():
+  """Replicas a synchronized batch norm averages over, where it is traced."""
+  context = tf.distribute.get_replica_context()
+  if context is not None:
+    return context.num_replicas_in_sync
+  return tf.distribute.get_strategy().num_replicas_in_sync
+
+
 @keras.saving.register_keras_serializable(package="spinenet")
 class FusedBatchNormalization(keras.layers.BatchNormalization):
   """keras.layers.BatchNormalization computed by the fused kernel.
@@ -59,9 +68,12 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     axis = self.axis if isinstance(self.axis, int) else (
         self.axis[0] if len(self.axis) == 1 else None)
     # Synchronization averages the batch moments over replicas; with the
-    # moving statistics (inference, or a frozen layer) it changes nothing.
+    # moving statistics (inference, or a frozen layer), or with one replica
+    # in sync, it changes nothing.
     batch_statistics = bool(training) and self.trainable
-    return (mask is None and not (self.synchronized and batch_statistics) and
+    synchronized = (self.synchronized and batch_statistics and
+                    replicas_in_sync() > 1)
+    return (mask is None and not synchronized and
             not self.renorm and
             len(inputs.shape) == 4 and axis in (-1, 3) and
             self.epsilon >= MIN_FUSED_EPSILON and

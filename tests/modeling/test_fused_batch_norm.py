@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 
 from modeling.layers import conv_bn
+from modeling.layers import fused_batch_norm
 from modeling.layers.fused_batch_norm import FusedBatchNormalization
 
 # Tolerances per compute dtype: float32 agrees to rounding; half-precision
@@ -109,7 +110,10 @@ def test_restores_a_keras_batch_norm_checkpoint(tmp_path):
     (dict(epsilon=1e-6), (4, 5, 6, 3)),        # below cuDNN's minimum
     (dict(), (8, 3)),                          # dense features
 ])
-def test_falls_back_to_keras_where_the_kernel_differs(kwargs, shape):
+def test_falls_back_to_keras_where_the_kernel_differs(kwargs, shape,
+                                                      monkeypatch):
+  # Synchronized statistics differ from the kernel's with several replicas.
+  monkeypatch.setattr(fused_batch_norm, "replicas_in_sync", lambda: 2)
   ref = keras.layers.BatchNormalization(**kwargs)
   fused = FusedBatchNormalization(**kwargs)
   x = tf.random.stateless_normal(shape, [7, 8]) * 2.0
@@ -121,6 +125,21 @@ def test_falls_back_to_keras_where_the_kernel_differs(kwargs, shape):
     assert not fused._fused(x, None, True)  # pylint: disable=protected-access
 
 
+def test_synchronized_training_on_one_replica_runs_the_kernel():
+  # One replica in sync (no strategy, or one device): the replica average
+  # is the local batch's, the kernel's function.
+  assert fused_batch_norm.replicas_in_sync() == 1
+  ref = keras.layers.BatchNormalization(synchronized=True)
+  fused = FusedBatchNormalization(synchronized=True)
+  x = tf.random.stateless_normal((4, 5, 6, 3), [7, 8]) * 2.0 + 1.0
+  assert fused._fused(x, None, True)  # pylint: disable=protected-access
+  np.testing.assert_allclose(fused(x, training=True), ref(x, training=True),
+                             atol=1e-5)
+  for a, b in ((fused.moving_mean, ref.moving_mean),
+               (fused.moving_variance, ref.moving_variance)):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
+
+
 def test_synchronized_inference_runs_the_kernel():
   # With the moving statistics synchronization changes nothing: the kernel
   # runs (and an export folds it), with Keras' outputs.
@@ -130,7 +149,6 @@ def test_synchronized_inference_runs_the_kernel():
   ref(x, training=True)
   fused(x, training=True)
   assert fused._fused(x, None, False)  # pylint: disable=protected-access
-  assert not fused._fused(x, None, True)  # pylint: disable=protected-access
   np.testing.assert_allclose(fused(x, training=False), ref(x, training=False),
                              atol=1e-5)
   graph = tf.function(lambda t: fused(t, training=False)).get_concrete_function(
