@@ -65,8 +65,6 @@ Exit status 0 on success; 1 with "official.import_checkpoint: Error:
 message" as the last line otherwise.
 """
 
-import json
-import os
 import sys
 
 import gin
