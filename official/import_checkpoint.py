@@ -79,6 +79,7 @@ from official import registry
 from official.core import checkpointing
 from official.core import gin_config
 from official.core import model_garden_import
+from official.evaluation.detection_agreement import box_iou
 from official.tasks.classification import ClassificationTask
 from official.tasks.maskrcnn import MaskRCNNTask
 from official.tasks.retinanet import RetinaNetTask
@@ -447,21 +448,12 @@ def _selection_rule(detection, other, other_free, other_full, tolerance,
   if nms_iou_threshold is not None and other_free.size:
     rivals = other_free[(classes[other_free] == cls) &
                         (np.abs(scores[other_free] - score) <= tolerance)]
-    if rivals.size and np.any(_iou(boxes[rivals], box) > nms_iou_threshold):
+    if rivals.size and np.any(
+        box_iou(boxes[rivals], box)[:, 0] > nms_iou_threshold):
       return "nms_tie"
   if other_full and len(scores) and score <= scores.min() + tolerance:
     return "max_detections"
   return None
-
-
-def _iou(boxes, box):
-  """IoU of [N, 4] boxes (ymin, xmin, ymax, xmax) with one box."""
-  inter = (np.maximum(np.minimum(boxes[:, 2], box[2]) -
-                      np.maximum(boxes[:, 0], box[0]), 0.0) *
-           np.maximum(np.minimum(boxes[:, 3], box[3]) -
-                      np.maximum(boxes[:, 1], box[1]), 0.0))
-  union = _box_areas(boxes) + _box_areas(box) - inter
-  return np.where(union > 0.0, inter / np.maximum(union, 1e-12), 0.0)
 
 
 # --- Mask R-CNN (and Faster R-CNN) outputs.
