@@ -33,7 +33,7 @@ def test_benchmark_reports_every_mode_of_the_smoke_retinanet(tmp_path):
       [sys.executable, SCRIPT, f"--gin_file={CONFIG}",
        f"--gin_param=synthetic_coco_records.data_dir = '{data_dir}'",
        "--steps=2", "--warmup_steps=1", "--batch_size=2",
-       "--mode=input,train,forward"],
+       "--mode=input,train,forward", "--op_profile=1"],
       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-8000:]
   report = json.loads(result.stdout)  # stdout holds the JSON and only it.
@@ -55,6 +55,16 @@ def test_benchmark_reports_every_mode_of_the_smoke_retinanet(tmp_path):
     assert "peak_device_memory_mb" not in figures  # CPU only.
   for mode in ("train", "forward"):
     assert _positive(report[mode]["first_step_s"])
+    # --op_profile: one more step under the profiler, its CPU op time by
+    # type; the backbone's convolutions and batch norms are in it.
+    profile = report[mode]["op_profile"]
+    assert profile["steps"] == 1 and _positive(profile["op_time_ms"])
+    assert profile["share"]["convolution"] > 0
+    assert sum(profile["share"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert any("Conv2D" in op for op, _, _ in profile["top_ops"])
+  # A training step runs batch-norm kernels (statistics and gradients).
+  assert report["train"]["op_profile"]["share"]["batch_norm"] > 0
+  assert "op_profile" not in report["input"]
   # Modes run in the order forward, train, input; the peak only grows.
   assert (report["forward"]["peak_host_memory_mb"] <=
           report["train"]["peak_host_memory_mb"] <=

@@ -3,7 +3,8 @@ r"""Input, training, inference and serving speed and memory of an experiment.
   python scripts/benchmarks/benchmark.py \
     --gin_file=configs/experiments/quickstart.gin \
     [--gin_param=...] [--batch_size=8] [--image_size=N] [--steps=10] \
-    [--warmup_steps=2] [--mode=input,train,forward,serve] [--peer]
+    [--warmup_steps=2] [--mode=input,train,forward,serve] [--peer] \
+    [--op_profile=N]
 
 Prints one JSON object on stdout; progress and logs go to stderr. Modes:
 
@@ -22,6 +23,11 @@ Prints one JSON object on stdout; progress and logs go to stderr. Modes:
            [1, S, S, 3] image (S the experiment's image size): the task's
            serving preprocessing, the model and post-processing (box
            decoding and NMS for detectors). Not part of the default --mode.
+
+--op_profile=N adds, to forward and train, the CPU op time of N more steps
+by op type, taken with TensorFlow's profiler (scripts/benchmarks/
+op_profile.py): how much of a step the convolution and batch-norm kernels
+take.
 
 Each mode runs `warmup_steps` steps first (the first one traces and compiles;
 its time is reported as `first_step_s`, `first_call_s` for serve), then
@@ -88,6 +94,7 @@ from official import registry
 from official.core import gin_config
 from official.core import optimization
 from official.core import precision as precision_lib
+from scripts.benchmarks import op_profile
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
@@ -113,6 +120,10 @@ def define_flags():
   flags.DEFINE_enum("precision", "float32", list(precision_lib.POLICIES),
                     "Keras dtype policy (float16 adds dynamic loss scaling).")
   flags.DEFINE_bool("jit_compile", False, "Compile the steps with XLA.")
+  flags.DEFINE_integer("op_profile", 0, "forward/train: after timing, run "
+                       "this many more steps under the TensorFlow profiler "
+                       "and report their CPU op time by op type "
+                       "(scripts/benchmarks/op_profile.py); 0: off.")
   flags.DEFINE_float("learning_rate", 0.01, "Constant SGD learning rate of "
                      "the timed training steps.")
   flags.DEFINE_bool("peer", False, "Also time Model Garden's equivalent "
@@ -542,6 +553,9 @@ def run_ours(task, modes, batch_size):
       result["forward"] = _memory(time_steps(
           forward, lambda: (next_batch()[0],), batch_size, FLAGS.steps,
           FLAGS.warmup_steps))
+      if FLAGS.op_profile:
+        result["forward"]["op_profile"] = op_profile.profile_steps(
+            tf, forward, lambda: (next_batch()[0],), FLAGS.op_profile)
     except Exception as e:  # pylint: disable=broad-except
       failed = True
       result["forward"] = {"error": f"{type(e).__name__}: {e}"}
@@ -565,6 +579,9 @@ def run_ours(task, modes, batch_size):
     try:
       result["train"] = _memory(time_steps(
           step, next_batch, batch_size, FLAGS.steps, FLAGS.warmup_steps))
+      if FLAGS.op_profile:
+        result["train"]["op_profile"] = op_profile.profile_steps(
+            tf, step, next_batch, FLAGS.op_profile)
     except Exception as e:  # pylint: disable=broad-except
       failed = True
       result["train"] = {"error": f"{type(e).__name__}: {e}"}
@@ -612,6 +629,7 @@ def peer_spec(task, model, batch_size, result):
       "steps": FLAGS.steps, "warmup_steps": FLAGS.warmup_steps,
       "batch_size": batch_size, "image_size": task.image_size,
       "precision": FLAGS.precision, "jit_compile": FLAGS.jit_compile,
+      "op_profile": FLAGS.op_profile,
       "modes": [m for m in ("forward", "train", "serve") if m in result],
       "num_classes": task.num_classes,
       "model_id": str(model_id) if model_id is not None else None,
@@ -865,6 +883,8 @@ def main(argv):
   for name in ("batch_size", "steps", "warmup_steps"):
     if getattr(FLAGS, name) < 1:
       raise app.UsageError(f"--{name} must be >= 1.")
+  if FLAGS.op_profile < 0:
+    raise app.UsageError("--op_profile must be >= 0 (0: off).")
   if FLAGS.peer_nms_version not in (None, *PEER_NMS_VERSIONS):
     raise app.UsageError(f"--peer_nms_version={FLAGS.peer_nms_version!r}: "
                          f"expected one of {', '.join(PEER_NMS_VERSIONS)}.")

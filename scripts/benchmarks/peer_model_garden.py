@@ -45,6 +45,9 @@ import sys
 import tempfile
 import time
 
+# Beside this file; imports only TensorFlow, so it runs in the peer's venv.
+import op_profile  # pylint: disable=g-import-not-at-top
+
 
 def log(message, *args):
   print("[peer] " + (message % args if args else message), file=sys.stderr,
@@ -457,9 +460,13 @@ def run(spec):
     log("forward: %d warmup + %d timed steps of batch %d.",
         spec["warmup_steps"], spec["steps"], batch_size)
     reset_device_memory()
+    forward_fn = tf.function(forward, jit_compile=jit)
     result["forward"] = memory(time_steps(
-        tf.function(forward, jit_compile=jit), (images,), batch_size,
-        spec["steps"], spec["warmup_steps"]))
+        forward_fn, (images,), batch_size, spec["steps"],
+        spec["warmup_steps"]))
+    if spec.get("op_profile"):
+      result["forward"]["op_profile"] = op_profile.profile_steps(
+          tf, forward_fn, lambda: (images,), spec["op_profile"])
     log("forward: %s", result["forward"])
 
   if "train" in spec["modes"]:
@@ -482,6 +489,9 @@ def run(spec):
     result["train"] = memory(time_steps(
         train_step, (images, labels), batch_size, spec["steps"],
         spec["warmup_steps"]))
+    if spec.get("op_profile"):
+      result["train"]["op_profile"] = op_profile.profile_steps(
+          tf, train_step, lambda: (images, labels), spec["op_profile"])
     log("train: %s", result["train"])
 
   if "serve" in spec["modes"]:
