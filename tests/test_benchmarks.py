@@ -189,3 +189,56 @@ def test_serve_ratios_are_speedups_above_one_when_ours_is_faster():
   assert benchmark.ratios(ours, peer) == {
       "serve_speedup_p50": 1.5, "serve_speedup_p90": 1.1,
       "serve_images_per_sec": 1.52, "serve_saved_model_mb": 0.8}
+
+
+def _repeat_module():
+  spec = importlib.util.spec_from_file_location(
+      "repeat", os.path.join(REPO, "scripts", "benchmarks", "repeat.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_repeat_summarizes_ratios_and_step_times_over_runs():
+  repeat = _repeat_module()
+  def report(ours_ms, peer_ms):
+    return {"ours": {"forward": {"step_time_ms_median": ours_ms}},
+            "peer": {"forward": {"step_time_ms_median": peer_ms}},
+            "ratio": {"forward_images_per_sec_median": peer_ms / ours_ms}}
+  summary = repeat.summarize([report(50.0, 60.0), report(40.0, 40.0),
+                              report(60.0, 48.0)])
+  ratio = summary["ratio.forward_images_per_sec_median"]
+  assert ratio["values"] == [1.2, 1.0, 0.8]
+  assert ratio["median"] == 1.0 and ratio["min"] == 0.8
+  assert ratio["max"] == 1.2
+  assert summary["ours.forward.step_time_ms_median"]["median"] == 50.0
+  assert summary["peer.forward.step_time_ms_median"]["values"] == [
+      60.0, 40.0, 48.0]
+  # A run whose mode failed ({"error": ...}) is left out of that figure.
+  failed = {"ours": {"forward": {"error": "OOM"}}, "ratio": {}}
+  summary = repeat.summarize([report(50.0, 60.0), failed])
+  assert summary["ours.forward.step_time_ms_median"]["values"] == [50.0]
+
+
+def test_repeat_runs_the_benchmark_in_fresh_processes(tmp_path):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  script = os.path.join(REPO, "scripts", "benchmarks", "repeat.py")
+  result = subprocess.run(
+      [sys.executable, script, "--runs=2", "--", f"--gin_file={CONFIG}",
+       "--steps=1", "--warmup_steps=1", "--batch_size=1", "--mode=forward"],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-8000:]
+  out = json.loads(result.stdout)
+  assert len(out["runs"]) == 2
+  assert all(_positive(r["forward"]["images_per_sec"]) for r in out["runs"])
+  times = out["summary"]["ours.forward.step_time_ms_median"]
+  assert len(times["values"]) == 2 and times["min"] <= times["median"]
+  assert "[repeat] run 2/2" in result.stderr
+
+
+def test_repeat_needs_the_benchmark_flags():
+  script = os.path.join(REPO, "scripts", "benchmarks", "repeat.py")
+  result = subprocess.run([sys.executable, script, "--runs=2"],
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 2
+  assert "--gin_file=EXPERIMENT.gin" in result.stderr
