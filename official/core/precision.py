@@ -2,16 +2,24 @@
 
 bfloat16 on TPU (same exponent range as float32: no loss scaling needed),
 float16 on GPU (needs dynamic loss scaling, so the optimizer is wrapped in
-keras.optimizers.LossScaleOptimizer), float32 on CPU. On the CPU both
-alternatives were measured slower with `scripts/benchmarks/benchmark.py
---gin_file=configs/experiments/quickstart.gin --batch_size=16
---mode=forward,train [--precision=mixed_bfloat16 | --jit_compile]` on a
-2-core Xeon with AMX bfloat16 units (TensorFlow 2.21, 2026-11-30, median
-step): mixed_bfloat16 forward 108 ms against 63-73 ms in float32 (the
-casts outweigh the small convolutions), and XLA (Trainer.jit_compile,
-off by default) forward 140 ms against 73 ms and training 900 ms against
-435 ms. The trainer sets the
-global Keras policy before the task builds the model; layers that must stay in
+keras.optimizers.LossScaleOptimizer), float32 on CPU.
+
+On the CPU, measured with `scripts/benchmarks/benchmark.py --mode=forward,train
+[--precision=mixed_bfloat16]` on a 2-core Xeon with AMX bfloat16 units
+(TensorFlow 2.21, 2026-11-30, median step; scripts/benchmarks/README.md,
+"Measured on this machine", has the tables and the run-to-run drift):
+mixed_bfloat16 is the large win at 640 px (spinenet49_coco.gin, batch 2:
+forward 669 ms against 1689 ms, training 4263 ms against 5625 ms), because
+oneDNN runs bfloat16 convolutions on the AMX tiles; at 128 px it is small
+or nothing (quickstart.gin forward 42 against 55 ms, training 236 against
+277 ms; digits forward 68 against 67 ms). float32 stays the CPU default:
+a CPU without AMX has no fast bfloat16 convolution, and bfloat16 changes
+the numerics that the CPU tests and the experiments' expected results were
+measured with. On an AMX CPU with large images pass the policy by hand
+(`--gin_param="Trainer.precision = 'mixed_bfloat16'"`). XLA
+(Trainer.jit_compile, off by default) was measured slower on the CPU
+(quickstart.gin, `--jit_compile`): forward 140 against 73 ms and training
+900 against 435 ms. The trainer sets the global Keras policy before the task builds the model; layers that must stay in
 float32 (logits, losses, fusion weights) ask for it themselves.
 """
 
