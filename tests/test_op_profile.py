@@ -71,3 +71,17 @@ def test_a_profiled_conv_step_counts_its_convolutions():
   assert summary["share"]["convolution"] > 0
   assert sum(summary["share"].values()) == pytest.approx(1.0, abs=1e-3)
   assert summary["op_time_ms"] > 0
+
+
+def test_a_failed_profile_is_reported_not_raised(tmp_path):
+  # A profiler session already running: the profile is an error entry and
+  # the caller's timing stands.
+  step = tf.function(lambda x: tf.nn.relu(x))
+  x = tf.ones([2, 2])
+  step(x)
+  tf.profiler.experimental.start(str(tmp_path))
+  try:
+    summary = op_profile.profile_steps(tf, step, lambda: (x,), steps=1)
+  finally:
+    tf.profiler.experimental.stop()
+  assert set(summary) == {"error"}

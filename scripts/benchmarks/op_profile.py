@@ -141,7 +141,9 @@ def profile_steps(tf, step, next_args, steps, top=12):
   Returns:
     summarize()'s dict; {"skipped": reason} when a GPU is visible (its
     kernels run on the device, and the host's op events would time their
-    launches, not their work).
+    launches, not their work); {"error": "..."} when profiling fails (a
+    profiler already running, nothing recorded): the caller's timing
+    figures are kept either way.
   """
   if tf.config.list_physical_devices("GPU"):
     return {"skipped": "op_profile times ops run on the CPU; this process "
@@ -150,12 +152,15 @@ def profile_steps(tf, step, next_args, steps, top=12):
     for leaf in tf.nest.flatten(value):
       if hasattr(leaf, "numpy"):
         leaf.numpy()
-  with tempfile.TemporaryDirectory(prefix="op_profile_") as logdir:
-    tf.profiler.experimental.start(logdir)
-    try:
-      for _ in range(steps):
-        block(step(*next_args()))
-    finally:
-      tf.profiler.experimental.stop()
-    durations, counts = read_xspace(logdir)
-  return summarize(durations, counts, steps, top)
+  try:
+    with tempfile.TemporaryDirectory(prefix="op_profile_") as logdir:
+      tf.profiler.experimental.start(logdir)
+      try:
+        for _ in range(steps):
+          block(step(*next_args()))
+      finally:
+        tf.profiler.experimental.stop()
+      durations, counts = read_xspace(logdir)
+    return summarize(durations, counts, steps, top)
+  except Exception as e:  # pylint: disable=broad-except
+    return {"error": f"{type(e).__name__}: {e}"}
