@@ -191,6 +191,23 @@ def test_serve_ratios_are_speedups_above_one_when_ours_is_faster():
       "serve_images_per_sec": 1.52, "serve_saved_model_mb": 0.8}
 
 
+def test_throughput_ratios_come_from_unrounded_step_times():
+  # 640 px, batch 2: images_per_sec rounded to 0.469 / 0.354 would say
+  # 1.3249; the step times say 5646.82 / 4262.57 = 1.3247.
+  benchmark = _benchmark_module()
+  ours = {"train": {"images_per_sec_median": 0.469,
+                    "step_time_ms_median": 4262.57,
+                    "images_per_sec": 0.47, "step_time_ms": 4255.0,
+                    "peak_host_memory_mb": 3000.0}}
+  peer = {"train": {"images_per_sec_median": 0.354,
+                    "step_time_ms_median": 5646.82,
+                    "images_per_sec": 0.35, "step_time_ms": 5714.0,
+                    "peak_host_memory_mb": 4000.0}}
+  assert benchmark.ratios(ours, peer) == {
+      "train_images_per_sec_median": 1.3247,
+      "train_images_per_sec": 1.3429, "train_peak_host_memory_mb": 0.75}
+
+
 def _repeat_module():
   spec = importlib.util.spec_from_file_location(
       "repeat", os.path.join(REPO, "scripts", "benchmarks", "repeat.py"))
@@ -217,7 +234,15 @@ def test_repeat_summarizes_ratios_and_step_times_over_runs():
   # A run whose mode failed ({"error": ...}) is left out of that figure.
   failed = {"ours": {"forward": {"error": "OOM"}}, "ratio": {}}
   summary = repeat.summarize([report(50.0, 60.0), failed])
-  assert summary["ours.forward.step_time_ms_median"]["values"] == [50.0]
+  assert summary["ours.forward.step_time_ms_median"]["values"] == [50.0,
+                                                                   None]
+  assert summary["ours.forward.step_time_ms_median"]["median"] == 50.0
+  # --op_profile shares are summarised per side, mode and group.
+  profiled = report(50.0, 60.0)
+  profiled["peer"]["forward"]["op_profile"] = {
+      "share": {"convolution": 0.8, "batch_norm": 0.05, "other": 0.15}}
+  summary = repeat.summarize([profiled])
+  assert summary["peer.forward.op_profile.share.other"]["values"] == [0.15]
 
 
 def test_repeat_runs_the_benchmark_in_fresh_processes(tmp_path):
@@ -236,9 +261,67 @@ def test_repeat_runs_the_benchmark_in_fresh_processes(tmp_path):
   assert "[repeat] run 2/2" in result.stderr
 
 
+def test_repeat_stops_when_a_run_would_fail_the_same_way(tmp_path):
+  script = os.path.join(REPO, "scripts", "benchmarks", "repeat.py")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  result = subprocess.run(
+      [sys.executable, script, "--runs=3", "--", f"--gin_file={CONFIG}",
+       "--batch_sise=2"], cwd=tmp_path, env=env, capture_output=True,
+      text=True, timeout=300)
+  assert result.returncode == 1
+  assert "Unknown command line flag 'batch_sise'" in result.stderr
+  assert "run 1 printed no JSON" in result.stderr
+  assert "[repeat] run 2/3" not in result.stderr
+  assert json.loads(result.stdout) == {"runs": [], "summary": {}}
+
+
+def test_repeat_stops_and_fails_when_the_peer_fails(tmp_path):
+  # As test_an_unavailable_peer_is_reported_not_fatal: a venv path under a
+  # regular file cannot be created, so the peer is unavailable.
+  blocker = tmp_path / "not-a-directory"
+  blocker.write_text("")
+  script = os.path.join(REPO, "scripts", "benchmarks", "repeat.py")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  result = subprocess.run(
+      [sys.executable, script, "--runs=2", "--", f"--gin_file={CONFIG}",
+       "--steps=1", "--warmup_steps=1", "--batch_size=1", "--mode=forward",
+       "--peer", f"--peer_venv={blocker / 'venv'}"],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1, result.stderr[-4000:]
+  out = json.loads(result.stdout)
+  assert len(out["runs"]) == 1 and "error" in out["runs"][0]["peer"]
+  assert "the peer failed" in result.stderr
+  assert "[repeat] run 2/2" not in result.stderr
+  # Our own figures of the finished run are still summarised.
+  assert len(out["summary"]["ours.forward.step_time_ms_median"]["values"]) == 1
+
+
 def test_repeat_needs_the_benchmark_flags():
   script = os.path.join(REPO, "scripts", "benchmarks", "repeat.py")
   result = subprocess.run([sys.executable, script, "--runs=2"],
                           capture_output=True, text=True, timeout=60)
   assert result.returncode == 2
   assert "--gin_file=EXPERIMENT.gin" in result.stderr
+  # benchmark.py's flags before -- are named as such.
+  result = subprocess.run([sys.executable, script, "--runs=1",
+                           f"--gin_file={CONFIG}"],
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 2
+  assert "benchmark.py's flags go after --" in result.stderr
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--op_profile=1", "--jit_compile"],
+     "XLA-compiled steps run none"),
+    (["--op_profile=-1"], "--op_profile=-1"),
+    (["--steps=0"], "--steps=0"),
+])
+def test_bad_benchmark_flags_are_refused_before_any_work(flags, message):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+  result = subprocess.run([sys.executable, SCRIPT, f"--gin_file={CONFIG}",
+                           *flags], env=env, capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert "Building the model" not in result.stderr
+  assert result.stdout == ""

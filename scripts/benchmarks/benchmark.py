@@ -105,12 +105,15 @@ def define_flags():
   import this module beside other entry points' --gin_file."""
   flags.DEFINE_multi_string("gin_file", [], "Experiment gin files, in order.")
   flags.DEFINE_multi_string("gin_param", [], "Gin bindings, applied last.")
-  flags.DEFINE_integer("batch_size", 8, "Batch size (one device).")
+  flags.DEFINE_integer("batch_size", 8, "Batch size (one device).",
+                       lower_bound=1)
   flags.DEFINE_integer("image_size", None,
                        "Override the task's square input size in pixels.")
-  flags.DEFINE_integer("steps", 10, "Timed steps (batches) per mode.")
+  flags.DEFINE_integer("steps", 10, "Timed steps (batches) per mode.",
+                       lower_bound=1)
   flags.DEFINE_integer("warmup_steps", 2, "Untimed steps per mode before "
-                       "timing; the first traces and compiles (>= 1).")
+                       "timing; the first traces and compiles (>= 1).",
+                       lower_bound=1)
   flags.DEFINE_list("mode", ["input", "train", "forward"],
                     "Modes to run: any of input, train, forward, serve "
                     "(serve: latency of the exported SavedModel at batch 1).")
@@ -123,7 +126,9 @@ def define_flags():
   flags.DEFINE_integer("op_profile", 0, "forward/train: after timing, run "
                        "this many more steps under the TensorFlow profiler "
                        "and report their CPU op time by op type "
-                       "(scripts/benchmarks/op_profile.py); 0: off.")
+                       "(scripts/benchmarks/op_profile.py); 0: off. Not "
+                       "with --jit_compile (XLA runs no TensorFlow ops).",
+                       lower_bound=0)
   flags.DEFINE_float("learning_rate", 0.01, "Constant SGD learning rate of "
                      "the timed training steps.")
   flags.DEFINE_bool("peer", False, "Also time Model Garden's equivalent "
@@ -831,8 +836,16 @@ def ratios(ours, peer):
     out["params"] = round(ours["params"] / peer["params"], 4)
   for mode in ("forward", "train"):
     a, b = ours.get(mode) or {}, peer.get(mode) or {}
-    for key in ("images_per_sec", "images_per_sec_median",
-                "peak_host_memory_mb", "peak_device_memory_mb"):
+    # Throughput ratios from the step times (ms, two decimals): at under one
+    # image/s the rounded images_per_sec keep only three digits. Both sides
+    # run the same batch, so peer step time / ours is ours / peer images/s.
+    for key, time_key in (("images_per_sec", "step_time_ms"),
+                          ("images_per_sec_median", "step_time_ms_median")):
+      if a.get(time_key) and isinstance(b.get(time_key), (int, float)):
+        out[f"{mode}_{key}"] = round(b[time_key] / a[time_key], 4)
+      elif isinstance(a.get(key), (int, float)) and b.get(key):
+        out[f"{mode}_{key}"] = round(a[key] / b[key], 3)
+    for key in ("peak_host_memory_mb", "peak_device_memory_mb"):
       if isinstance(a.get(key), (int, float)) and b.get(key):
         out[f"{mode}_{key}"] = round(a[key] / b[key], 3)
   a, b = ours.get("serve") or {}, peer.get("serve") or {}
@@ -880,11 +893,10 @@ def main(argv):
   if unknown or not modes:
     raise app.UsageError(f"--mode: unknown {unknown}; expected a "
                          f"comma-separated subset of {','.join(MODES)}.")
-  for name in ("batch_size", "steps", "warmup_steps"):
-    if getattr(FLAGS, name) < 1:
-      raise app.UsageError(f"--{name} must be >= 1.")
-  if FLAGS.op_profile < 0:
-    raise app.UsageError("--op_profile must be >= 0 (0: off).")
+  if FLAGS.op_profile and FLAGS.jit_compile:
+    raise app.UsageError(
+        f"--op_profile={FLAGS.op_profile} with --jit_compile: the profile "
+        f"times TensorFlow ops, and XLA-compiled steps run none. Drop one.")
   if FLAGS.peer_nms_version not in (None, *PEER_NMS_VERSIONS):
     raise app.UsageError(f"--peer_nms_version={FLAGS.peer_nms_version!r}: "
                          f"expected one of {', '.join(PEER_NMS_VERSIONS)}.")

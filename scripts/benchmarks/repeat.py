@@ -11,12 +11,23 @@ ours, peer, ours, peer, ... On a machine whose speed drifts for minutes at a
 time (a shared VM; scripts/benchmarks/README.md shows how far), one run's
 ratio says little; the median of several alternated runs says more.
 
+Within a run ours always goes first, so a drift inside one run favours the
+same side each time; more, shorter runs even that out.
+
 Prints one JSON object on stdout: {"runs": [each run's benchmark.py JSON],
 "summary": {figure: {"median", "min", "max", "values"}}}. The figures are
-every number of "ratio" (with --peer), and each side's per-mode
+every number of "ratio" (with --peer), each side's per-mode
 step_time_ms_median (and serve latency_ms_p50) as "ours.<mode>.<key>" and
-"peer.<mode>.<key>". Progress goes to stderr. The exit status is 1 if a run
-failed (its JSON is kept; the summary uses the runs that reported).
+"peer.<mode>.<key>", and with --op_profile each side's op-time shares as
+"<side>.<mode>.op_profile.share.<group>". "values" has one entry per run,
+in run order, null where that run lacks the figure (a failed mode); the
+median, min and max are over the others. Progress goes to stderr.
+
+The exit status is 1 if a run failed or its peer reported an error (the
+JSON of every run is kept). A run that prints no JSON at all (a flag
+benchmark.py rejects, a missing gin file) or whose peer failed (no peer
+environment, a timeout) stops the repetition: the runs left would fail
+the same way or have no ratios. Ctrl-C prints what the finished runs gave.
 """
 
 import argparse
@@ -49,42 +60,61 @@ def figures(report):
   """
   sides = ({"ours": report["ours"], "peer": report.get("peer") or {}}
            if "ours" in report else {"ours": report})
+  def number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
   out = {}
   for key, value in (report.get("ratio") or {}).items():
-    if isinstance(value, (int, float)):
+    if number(value):
       out[f"ratio.{key}"] = value
   for side, result in sides.items():
     for mode, key in SIDE_FIGURES:
       value = (result.get(mode) or {}).get(key)
-      if isinstance(value, (int, float)) and not isinstance(value, bool):
+      if number(value):
         out[f"{side}.{mode}.{key}"] = value
+    for mode in ("forward", "train"):
+      profile = (result.get(mode) or {}).get("op_profile") or {}
+      for group, share in (profile.get("share") or {}).items():
+        if number(share):
+          out[f"{side}.{mode}.op_profile.share.{group}"] = share
   return out
 
 
 def summarize(reports):
   """{figure: {"median", "min", "max", "values"}} over `reports`.
 
-  A figure missing from some runs (a failed mode) is summarised over the
-  runs that have it; "values" lists them in run order.
+  "values" has one entry per report, in order, None where a report lacks
+  the figure (a failed mode); the median, min and max are over the rest.
   """
-  values = {}
-  for report in reports:
-    for name, value in figures(report).items():
-      values.setdefault(name, []).append(value)
-  return {name: {"median": round(statistics.median(v), 4),
-                 "min": min(v), "max": max(v), "values": v}
-          for name, v in sorted(values.items())}
+  per_report = [figures(report) for report in reports]
+  names = sorted(set().union(*per_report)) if per_report else []
+  summary = {}
+  for name in names:
+    values = [f.get(name) for f in per_report]
+    present = [v for v in values if v is not None]
+    summary[name] = {"median": round(statistics.median(present), 4),
+                     "min": min(present), "max": max(present),
+                     "values": values}
+  return summary
+
+
+def peer_error(report):
+  """The peer's error message in a --peer report, else None."""
+  peer = report.get("peer") if isinstance(report, dict) else None
+  return peer.get("error") if isinstance(peer, dict) else None
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(
-      description=__doc__.split("\n")[0],
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
       usage="repeat.py [--runs=N] -- BENCHMARK_FLAGS...")
   parser.add_argument("--runs", type=int, default=3,
                       help="benchmark.py runs, one after another (>= 1)")
   parser.add_argument("benchmark_flags", nargs=argparse.REMAINDER,
                       help="after --: benchmark.py's flags")
-  args = parser.parse_args(argv)
+  args, unknown = parser.parse_known_args(argv)
+  if unknown:
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}; "
+                 f"benchmark.py's flags go after --")
   flags = args.benchmark_flags
   if flags and flags[0] == "--":
     flags = flags[1:]
@@ -94,21 +124,34 @@ def main(argv=None):
     parser.error("pass benchmark.py's flags after --, at least "
                  "--gin_file=EXPERIMENT.gin")
   reports, failed = [], False
-  for run in range(args.runs):
-    print(f"[repeat] run {run + 1}/{args.runs}: benchmark.py "
-          f"{' '.join(flags)}", file=sys.stderr, flush=True)
-    done = subprocess.run([sys.executable, BENCHMARK, *flags],
-                          stdout=subprocess.PIPE, stderr=sys.stderr,
-                          text=True, check=False)
-    try:
-      report = json.loads(done.stdout)
-    except ValueError:
-      print(f"[repeat] run {run + 1} printed no JSON (exit status "
-            f"{done.returncode}); its log is above.", file=sys.stderr)
-      failed = True
-      continue
-    failed = failed or done.returncode != 0
-    reports.append(report)
+  try:
+    for run in range(args.runs):
+      print(f"[repeat] run {run + 1}/{args.runs}: benchmark.py "
+            f"{' '.join(flags)}", file=sys.stderr, flush=True)
+      done = subprocess.run([sys.executable, BENCHMARK, *flags],
+                            stdout=subprocess.PIPE, stderr=sys.stderr,
+                            text=True, check=False)
+      try:
+        report = json.loads(done.stdout)
+      except ValueError:
+        print(f"[repeat] run {run + 1} printed no JSON (exit status "
+              f"{done.returncode}; its log is above): stopping, a rerun "
+              f"would fail the same way.", file=sys.stderr)
+        failed = True
+        break
+      reports.append(report)
+      failed = failed or done.returncode != 0
+      error = peer_error(report)
+      if error:
+        print(f"[repeat] run {run + 1}: the peer failed ({error}): "
+              f"stopping, the runs left would have no ratios.",
+              file=sys.stderr)
+        failed = True
+        break
+  except KeyboardInterrupt:
+    print(f"[repeat] interrupted after {len(reports)} finished run(s).",
+          file=sys.stderr)
+    failed = True
   print(json.dumps({"runs": reports, "summary": summarize(reports)},
                    indent=1))
   return 1 if failed else 0
