@@ -843,8 +843,6 @@ def ratios(ours, peer):
                           ("images_per_sec_median", "step_time_ms_median")):
       if a.get(time_key) and isinstance(b.get(time_key), (int, float)):
         out[f"{mode}_{key}"] = round(b[time_key] / a[time_key], 4)
-      elif isinstance(a.get(key), (int, float)) and b.get(key):
-        out[f"{mode}_{key}"] = round(a[key] / b[key], 3)
     for key in ("peak_host_memory_mb", "peak_device_memory_mb"):
       if isinstance(a.get(key), (int, float)) and b.get(key):
         out[f"{mode}_{key}"] = round(a[key] / b[key], 3)
